@@ -1,0 +1,1 @@
+"""panseg benchmarks package."""

@@ -1,0 +1,1 @@
+"""panseg export package."""

@@ -1,0 +1,21 @@
+"""`panseg-rt`: the runtime's command line (no torch). Subcommand modules are imported lazily."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from runtime.subcommands import run_subcommand
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("runtime.commands.eval_cmd", "PQ/SQ/RQ of panoptic predictions against ground truth (panopticapi rules)"),
+    "validate": ("runtime.commands.validate_cmd", "check a COCO panoptic JSON + PNG folder against the format"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_subcommand("panseg-rt", "panseg's lean runtime (no torch).", SUBCOMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""A small dispatcher for command lines made of subcommands, each a module imported only when needed.
+
+Each subcommand module has ``add_arguments(parser)`` and ``run(args) -> int``. A PansegError becomes one line on
+stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Mapping, Sequence
+
+from runtime.errors import PansegError
+
+
+def build_parser(prog: str, description: str, subcommands: Mapping[str, tuple[str, str]]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in subcommands.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module_name).add_arguments(sp)
+        sp.set_defaults(_module=module_name)
+    return parser
+
+
+def run_subcommand(
+    prog: str, description: str, subcommands: Mapping[str, tuple[str, str]], argv: Sequence[str] | None = None
+) -> int:
+    args = build_parser(prog, description, subcommands).parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except PansegError as exc:
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
