@@ -1,0 +1,70 @@
+"""Command-line flags, named as in detr's main.py so its users feel at home, plus panseg's size and recipe flags."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_DATA = "data/synthetic"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train", description="Train DETR (detection, then masks on a frozen detector)."
+    )
+    # optimisation (detr's defaults)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr_backbone", type=float, default=1e-5)
+    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--weight_decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--lr_drop", type=int, default=200)
+    p.add_argument("--lr_schedule", choices=["step", "cosine"], default="step", help="step = detr's StepLR at lr_drop")
+    p.add_argument("--warmup_epochs", type=int, default=0, help="linear warmup before the cosine schedule")
+    p.add_argument("--clip_max_norm", type=float, default=0.1)
+    p.add_argument("--frozen_weights", help="detection checkpoint to load and freeze; only the mask head trains")
+    # model
+    p.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--dilation", action="store_true", help="DC5: dilate the last backbone stage")
+    p.add_argument("--position_embedding", default="sine", choices=["sine"])
+    p.add_argument("--enc_layers", type=int, default=6)
+    p.add_argument("--dec_layers", type=int, default=6)
+    p.add_argument("--dim_feedforward", type=int, default=2048)
+    p.add_argument("--hidden_dim", type=int, default=256)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--nheads", type=int, default=8)
+    p.add_argument("--num_queries", type=int, default=100)
+    p.add_argument("--pre_norm", action="store_true")
+    p.add_argument("--num_classes", type=int, help="default: max category id of the dataset + 1 (detr's rule)")
+    p.add_argument("--masks", action="store_true", help="train the panoptic mask head")
+    p.add_argument("--no_aux_loss", dest="aux_loss", action="store_false")
+    # matcher and loss weights
+    p.add_argument("--set_cost_class", type=float, default=1)
+    p.add_argument("--set_cost_bbox", type=float, default=5)
+    p.add_argument("--set_cost_giou", type=float, default=2)
+    p.add_argument("--mask_loss_coef", type=float, default=1)
+    p.add_argument("--dice_loss_coef", type=float, default=1)
+    p.add_argument("--bbox_loss_coef", type=float, default=5)
+    p.add_argument("--giou_loss_coef", type=float, default=2)
+    p.add_argument("--eos_coef", type=float, default=0.1)
+    # data
+    p.add_argument("--dataset_file", default="coco_panoptic", choices=["coco", "coco_panoptic"])
+    p.add_argument("--coco_path", default=DEFAULT_DATA, help=f"default: the synthetic dataset in {DEFAULT_DATA}")
+    p.add_argument("--coco_panoptic_path", help="default: --coco_path")
+    p.add_argument("--image_size", type=int, default=800, help="eval shorter side; train scales are around it")
+    p.add_argument("--max_size", type=int, default=1333)
+    p.add_argument("--train_scales", help="comma-separated training shorter sides (default: detr's, scaled)")
+    p.add_argument("--no_crop", dest="crop", action="store_false", help="skip detr's random-crop branch")
+    p.add_argument("--num_workers", type=int, default=2)
+    # run
+    p.add_argument("--output_dir", default="", help="where checkpoints and log.jsonl go (empty: nowhere)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", help="checkpoint to continue from (model, optimizer, scheduler, epoch)")
+    p.add_argument("--start_epoch", type=int, default=0)
+    p.add_argument("--eval", action="store_true", help="only evaluate")
+    p.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    p.add_argument("--threshold", type=float, default=0.85, help="post-processing score threshold for PQ")
+    p.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (smoke runs)")
+    p.add_argument("--no_progress", dest="progress", action="store_false")
+    return p

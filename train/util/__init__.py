@@ -1,0 +1,1 @@
+"""Small training-side helpers shared by the model, the criterion and the data pipeline (box maths, ...)."""
