@@ -126,3 +126,14 @@ def test_category_tables(tmp_path):
     path.write_text("{broken")
     with pytest.raises(PanopticFormatError, match="not valid JSON"):
         load_categories(path)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    from runtime.atomic import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "f.bin", b"x")
+    old = os.umask(0o022)
+    os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~old
