@@ -1,0 +1,212 @@
+"""Training driver mirroring detr's main.py: stage 1 trains detection, stage 2 (`--masks --frozen_weights`) the
+mask head on the frozen detector. Logs one JSON line per epoch to OUTPUT_DIR/log.jsonl and stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from runtime.errors import PansegError
+from train import distributed as dist_utils
+from train.args import DEFAULT_DATA, build_parser
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.datasets import build_dataset, collate_fn, scaled_transform_options
+from train.engine import train_one_epoch
+from train.models import DETRConfig, build_model
+from train.models.criterion import build_criterion
+from train.optim import build_lr_scheduler, build_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Every epoch starts from a seed derived from (seed, epoch, rank), so --resume replays exactly what an
+    uninterrupted run would have done without storing RNG states in the checkpoint."""
+    return (seed * 1_000_003 + epoch * 7919 + rank) % 2**63
+
+
+def resolve_device(name: str) -> str:
+    if name in ("auto", "cuda") and not torch.cuda.is_available():
+        if name == "cuda":
+            print("train: CUDA is not available, using the CPU", file=sys.stderr)
+        return "cpu"
+    return name
+
+
+def dataset_categories(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Categories of the training set's annotation file (detr: num_classes = max id + 1)."""
+    root = Path(args.coco_panoptic_path if args.dataset_file == "coco_panoptic" else args.coco_path)
+    name = "panoptic_train2017.json" if args.dataset_file == "coco_panoptic" else "instances_train2017.json"
+    path = root / "annotations" / name
+    if not path.exists():
+        hint = ""
+        if args.coco_path == DEFAULT_DATA:
+            hint = f" (generate it: python -m train.prepare synthetic --out {DEFAULT_DATA})"
+        raise PansegError(f"{path}: annotation file not found{hint}")
+    try:
+        return json.loads(path.read_text())["categories"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise PansegError(f"{path}: no valid 'categories' list ({exc})") from exc
+
+
+def transform_options(args: argparse.Namespace) -> dict[str, Any]:
+    """detr's sizes at --image_size 800; below that detr's sizes scaled down (explicit flags still win)."""
+    options = scaled_transform_options(args.image_size)
+    if args.image_size == 800 or args.max_size != 1333:
+        options["max_size"] = args.max_size
+    if args.train_scales:
+        options["scales"] = [int(s) for s in args.train_scales.split(",")]
+    if not args.crop:
+        options["crop"] = None
+    return options
+
+
+def strip_detr_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A panoptic checkpoint's detector weights ('detr.*') or a detection checkpoint's, as DETR's own keys."""
+    if any(k.startswith("detr.") for k in state_dict):
+        return {k[5:]: v for k, v in state_dict.items() if k.startswith("detr.")}
+    return dict(state_dict)
+
+
+def build_loaders(args: argparse.Namespace, info: dist_utils.DistInfo) -> tuple[DataLoader, DataLoader, Any]:
+    options = transform_options(args)
+    panoptic_path = args.coco_panoptic_path
+    train_set = build_dataset("train", args.dataset_file, args.coco_path, panoptic_path, masks=args.masks, **options)
+    val_set = build_dataset("val", args.dataset_file, args.coco_path, panoptic_path, masks=args.masks, **options)
+    if info.enabled:
+        sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=args.seed)
+    else:
+        sampler = RandomSampler(train_set)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                              collate_fn=collate_fn, num_workers=args.num_workers,
+                              persistent_workers=False)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=SequentialSampler(val_set),
+                            collate_fn=collate_fn, num_workers=args.num_workers)
+    return train_loader, val_loader, sampler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except PansegError as exc:
+        print(f"python -m train: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        dist_utils.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    args.coco_panoptic_path = args.coco_panoptic_path or args.coco_path
+    if args.frozen_weights and not args.masks:
+        raise PansegError("--frozen_weights is for training the mask head: add --masks")
+    device = resolve_device(args.device)
+    info = dist_utils.init_distributed(device)
+    seed_everything(args.seed + info.rank)
+
+    categories = dataset_categories(args)
+    num_classes = args.num_classes or max(c["id"] for c in categories) + 1
+    config = DETRConfig.from_args(args, num_classes=num_classes, masks=args.masks)
+    model = build_model(config, freeze_detr=bool(args.frozen_weights)).to(device)
+    if args.frozen_weights:
+        frozen = load_checkpoint(args.frozen_weights)
+        model.detr.load_state_dict(strip_detr_prefix(frozen["model"]))
+    model_without_ddp = model
+    if info.enabled:
+        device_ids = [info.local_rank] if device != "cpu" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    frozen_modules = [model_without_ddp.detr] if args.frozen_weights else []
+
+    criterion, _ = build_criterion(
+        num_classes, masks=args.masks, aux_loss=args.aux_loss, dec_layers=args.dec_layers,
+        bbox_loss_coef=args.bbox_loss_coef, giou_loss_coef=args.giou_loss_coef, mask_loss_coef=args.mask_loss_coef,
+        dice_loss_coef=args.dice_loss_coef, eos_coef=args.eos_coef, set_cost_class=args.set_cost_class,
+        set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou,
+    )
+    criterion.to(device)
+    optimizer = build_optimizer(model_without_ddp, args.lr, args.lr_backbone, args.weight_decay)
+    scheduler = build_lr_scheduler(optimizer, args.lr_schedule, args.epochs, args.lr_drop, args.warmup_epochs)
+    scaler = torch.amp.GradScaler("cuda") if args.amp and device.startswith("cuda") else None
+
+    train_loader, val_loader, sampler = build_loaders(args, info)
+
+    start_epoch = args.start_epoch
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        model_without_ddp.load_state_dict(ckpt["model"])
+        if not args.eval and "optimizer" in ckpt and "lr_scheduler" in ckpt and "epoch" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["lr_scheduler"])
+            start_epoch = int(ckpt["epoch"]) + 1
+
+    from train.evaluate import evaluate  # imported late: evaluation pulls in post-processing and PQ
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir and info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if args.eval:
+        stats = evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir) if info.is_main else {}
+        print(json.dumps({"epoch": start_epoch - 1, **stats}))
+        return 0
+
+    started = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(epoch_seed(args.seed, epoch, info.rank))
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        loader = islice(train_loader, args.max_iters) if args.max_iters else train_loader
+        train_stats = train_one_epoch(
+            model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
+            scaler=scaler, frozen=frozen_modules, show_progress=args.progress and info.is_main,
+        )
+        scheduler.step()
+        log: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                               "lr": optimizer.param_groups[0]["lr"]}
+        checksums = dist_utils.all_gather_object(parameter_checksum(model_without_ddp))
+        if info.enabled:
+            log["replica_checksums"] = checksums
+        if info.is_main and output_dir:
+            save_checkpoint(output_dir / "checkpoint.pth", {
+                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args(args),
+                "config": config.to_dict(), "categories": categories,
+            })
+        last = epoch == args.epochs - 1
+        if info.is_main and args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last):
+            log.update(evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir))
+        log["minutes"] = round((time.perf_counter() - started) / 60, 3)
+        if info.is_main:
+            line = json.dumps(log)
+            print(line, flush=True)
+            if output_dir:
+                with open(output_dir / "log.jsonl", "a") as f:
+                    f.write(line + "\n")
+        dist_utils.barrier()
+    return 0
+
+
+def parameter_checksum(model: torch.nn.Module) -> float:
+    """A cheap fingerprint of all weights, to show that data-parallel replicas stay identical."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() + (p.double() ** 2).sum() for p in model.state_dict().values()
+                         if p.is_floating_point()))
+
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as a plain dict (nothing but plain types gets pickled into checkpoints)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None) | list)}
