@@ -1,0 +1,92 @@
+"""Pick the backend for an engine file: by its extension, or by an explicit ``--backend`` name.
+
+Backend modules are imported only here, when chosen, so a CPU-only install never touches TensorRT and ``import
+runtime`` never pays for onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from runtime.backends.base import Backend
+from runtime.errors import PansegError
+
+ONNXRUNTIME = "onnxruntime"
+TENSORRT = "tensorrt"
+
+EXTENSIONS = {".onnx": ONNXRUNTIME, ".plan": TENSORRT, ".engine": TENSORRT}
+BACKEND_NAMES = {"onnxruntime": ONNXRUNTIME, "ort": ONNXRUNTIME, "tensorrt": TENSORRT, "trt": TENSORRT}
+
+# The TensorRT backend lands in a later change; this is the module and class it is expected to provide.
+TENSORRT_MODULE = "runtime.backends.tensorrt_backend"
+TENSORRT_CLASS = "TensorRTBackend"
+
+
+def backend_name_for(path: str | os.PathLike, backend: str | None = None) -> str:
+    """The canonical backend name for ``path``: ``backend`` if given, else from the file extension."""
+    if backend is not None:
+        name = BACKEND_NAMES.get(backend.lower())
+        if name is None:
+            raise PansegError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKEND_NAMES))}")
+        return name
+    suffix = Path(path).suffix.lower()
+    name = EXTENSIONS.get(suffix)
+    if name is None:
+        accepted = ", ".join(f"{ext} ({b})" for ext, b in EXTENSIONS.items())
+        raise PansegError(f"{path}: cannot tell the engine type from extension {suffix or '(none)'!r}; "
+                          f"accepted: {accepted}, or pass --backend")
+    return name
+
+
+def select_backend(path: str | os.PathLike, backend: str | None = None, **options: Any) -> Backend:
+    """Load ``path`` with the backend its extension (or ``backend``) names; ``options`` go to that backend."""
+    name = backend_name_for(path, backend)
+    if name == ONNXRUNTIME:
+        from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, **options)
+    return _tensorrt_class(path)(path, **options)
+
+
+def _tensorrt_class(path: str | os.PathLike) -> type[Backend]:
+    try:
+        module = importlib.import_module(TENSORRT_MODULE)
+    except ImportError as exc:  # the backend module, or tensorrt / cuda-python under it, is missing
+        raise PansegError(f"TensorRT backend not available: {exc} (needed for {path}; install panseg[gpu] on a "
+                          "machine with an NVIDIA GPU, or run the .onnx model with onnxruntime)") from exc
+    cls = getattr(module, TENSORRT_CLASS, None)
+    if cls is None:
+        raise PansegError(f"TensorRT backend not available: {TENSORRT_MODULE} defines no {TENSORRT_CLASS}")
+    return cls
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine options shared by every subcommand that runs a model."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--backend", choices=sorted(BACKEND_NAMES), default=None,
+                       help="engine runtime (default: from the model file's extension: .onnx, .plan, .engine)")
+    group.add_argument("--providers", default="cpu",
+                       help="ONNX Runtime execution providers in order of preference, comma-separated: "
+                            "cpu, cuda, tensorrt (default: cpu)")
+    group.add_argument("--intra-op-threads", type=int, default=None, metavar="N",
+                       help="ONNX Runtime threads per operator (default: one per physical core)")
+    group.add_argument("--inter-op-threads", type=int, default=None, metavar="N",
+                       help="ONNX Runtime threads across operators (>1 turns on parallel execution)")
+    group.add_argument("--no-ort-cache", dest="ort_cache", action="store_false",
+                       help="do not cache the optimized graph next to the .onnx file")
+
+
+def backend_options_from_args(path: str | os.PathLike, args: argparse.Namespace) -> dict[str, Any]:
+    """Translate ``add_backend_arguments`` values into keyword options for the backend that will load ``path``."""
+    if backend_name_for(path, args.backend) != ONNXRUNTIME:
+        return {}
+    return {
+        "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        "intra_op_threads": args.intra_op_threads,
+        "inter_op_threads": args.inter_op_threads,
+        "optimized_cache": args.ort_cache,
+    }
