@@ -1,33 +1,76 @@
-"""Evaluation during and after training: validation losses, and PQ through the runtime's evaluator."""
+"""Evaluation during and after training: validation losses, and PQ through the runtime's evaluator.
+
+Panoptic predictions are made with detr's PostProcessPanoptic semantics (train/postprocess.py), written as COCO
+panoptic PNG + JSON, and scored by runtime.pq (panopticapi's rules): the very files and code a user evaluates with.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from runtime.atomic import atomic_write_json
+from runtime.panoptic_format import write_panoptic_png
+from runtime.pq import pq_compute
 from train.engine import to_device, weighted_loss
+from train.postprocess import PostProcessPanoptic
+
+LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
 
 
 @torch.no_grad()
-def validation_losses(model: torch.nn.Module, criterion: torch.nn.Module, loader, device) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    loader: Iterable,
+    device: str,
+    args: argparse.Namespace,
+    output_dir: Path | None,
+) -> dict[str, Any]:
+    """Validation losses; for panoptic models also PQ/SQ/RQ (All, Things, Stuff) in percent, as detr logs them."""
     model.eval()
     criterion.eval()
+    panoptic = bool(args.masks) and args.dataset_file == "coco_panoptic"
+    gt_json = Path(args.coco_panoptic_path) / "annotations" / "panoptic_val2017.json"
+    gt_folder = Path(args.coco_panoptic_path) / "panoptic_val2017"
+    if panoptic:
+        gt = json.loads(gt_json.read_text())
+        file_names = {ann["image_id"]: ann["file_name"] for ann in gt["annotations"]}
+        postprocess = PostProcessPanoptic({c["id"]: bool(c["isthing"]) for c in gt["categories"]}, args.threshold)
     sums: dict[str, float] = defaultdict(float)
     count = 0
-    for images, padding_mask, targets in loader:
-        outputs = model(images.to(device), padding_mask.to(device))
-        loss_dict = criterion(outputs, to_device(targets, device))
-        sums["loss"] += float(weighted_loss(loss_dict, criterion.weight_dict))
-        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error"):
-            if k in loss_dict:
-                sums[k] += float(loss_dict[k])
-        count += 1
-    return {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
-
-
-def evaluate(model, criterion, loader, device, args: argparse.Namespace, output_dir: Path | None) -> dict[str, Any]:
-    return validation_losses(model, criterion, loader, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        pred_folder = Path(tmp) / "panoptic"
+        annotations = []
+        for images, padding_mask, targets in loader:
+            outputs = model(images.to(device), padding_mask.to(device))
+            loss_dict = criterion(outputs, to_device(targets, device))
+            sums["loss"] += float(weighted_loss(loss_dict, criterion.weight_dict))
+            for k in LOGGED_TERMS:
+                if k in loss_dict:
+                    sums[k] += float(loss_dict[k])
+            count += 1
+            if not panoptic:
+                continue
+            results = postprocess(outputs, [t["size"] for t in targets], [t["orig_size"] for t in targets])
+            for target, result in zip(targets, results, strict=True):
+                image_id = int(target["image_id"])
+                write_panoptic_png(pred_folder / file_names[image_id], result.id_map)
+                annotations.append({"image_id": image_id, "file_name": file_names[image_id],
+                                    "segments_info": result.segments_info})
+        stats = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+        if panoptic:
+            pred_json = Path(tmp) / "predictions.json"
+            atomic_write_json(pred_json, {"annotations": annotations})
+            pq = pq_compute(gt_json, gt_folder, pred_json, pred_folder, workers=1, progress=False)
+            for key, group in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+                for metric in ("pq", "sq", "rq"):
+                    stats[f"{metric}{key}"] = round(100 * pq[group][metric], 3)
+    return stats

@@ -1,0 +1,352 @@
+"""detr's panoptic post-processing (``PostProcessPanoptic``) and box post-processing (``PostProcess``) in numpy.
+
+The segmentation is detr's, step for step, for any single image:
+
+1. class softmax; keep the queries whose best class (argmax over all logits) is not "no object" (the last logit) and
+   whose probability exceeds ``threshold`` (0.85);
+2. bilinear upsampling (``align_corners=False``) of the kept mask logits to the processed (unpadded) image size;
+3. every pixel goes to the kept query with the highest mask logit (ties to the lowest query index);
+4. the id map is resized to the original size with PIL's NEAREST (detr resizes an RGB-encoded PNG with PIL) and the
+   areas are counted there;
+5. first pass only: the pixels of all kept queries of one stuff category go to the first of them (detr's ``dedup``),
+   so the others get area 0; then, while any query has area <= 4, those queries are dropped and step 3 is redone
+   over the remaining ones without de-duplication. If nothing is left the result is all VOID with no segments.
+
+Fixes, each without effect on a single unpadded image's segmentation (``detr_compat=True`` turns both off):
+
+- segment ids start at 1: detr numbers segments from 0, and id 0 encodes as black, which the COCO panoptic format
+  reserves for VOID. Output id = detr's index + 1.
+- padded batches: the mask logits are cropped to the image's own region before upsampling. The mask head works at
+  stride 4 of the padded batch (ResNet: ``ceil(H / 4)`` rows), so an image of processed height ``h`` owns the first
+  ``ceil(h / 4)`` rows and ``ceil(w / 4)`` columns. detr upsamples the whole padded mask to ``(h, w)``: for every
+  image smaller than its batch, the image's own predictions shrink towards the top-left corner and whatever the
+  model predicted on the padding fills the rest. For an unpadded image the crop keeps the whole mask: no change.
+
+Speed without changing the result: only the kept queries are upsampled; the argmax is computed only at the processed
+pixels that the NEAREST resize actually samples (the others never reach the output); areas are counted at that
+resolution with the number of original pixels each sample becomes; after a query is dropped only the pixels it owned
+are recomputed. The argmax is taken over the logits instead of detr's softmax of them (softmax is monotonic; the
+two differ only where two logits are within float rounding of each other and detr's softmax rounds them to a tie;
+train/postprocess.py with ``detr_compat=True`` reproduces even that).
+
+Option ``merge_stuff=True``: stuff queries of one category are merged in every pass (their pixels are united into
+one segment, scored with the best of them) instead of detr's behaviour of dropping all but the first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from runtime.categories import Category
+from runtime.errors import PansegError
+
+DEFAULT_THRESHOLD = 0.85
+MASK_STRIDE = 4  # the mask head's output stride (ResNet layer1 = ceil(H / 4))
+MAX_SMALL_AREA = 4  # detr drops segments whose area (in original pixels) is at most this
+_CHUNK_ELEMENTS = 1 << 22  # bound the K x rows x cols working array of the argmax (16 MB of float32)
+
+
+@dataclass
+class PanopticResult:
+    """One image's panoptic prediction: ``id_map`` (H x W uint32, original size, 0 = VOID) and COCO segments_info."""
+
+    id_map: np.ndarray
+    segments_info: list[dict[str, Any]] = field(default_factory=list)
+
+
+def is_thing_map(categories: Mapping[int, Category] | Sequence[Category]) -> dict[int, bool]:
+    """category_id -> isthing, the table detr calls ``is_thing_map``."""
+    values = categories.values() if isinstance(categories, Mapping) else categories
+    return {c.id: bool(c.isthing) for c in values}
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float64."""
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=axis, keepdims=True)
+    return z
+
+
+def select_queries(
+    logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's Q x (C+1) class logits -> (kept query indices, their scores, their labels), as detr keeps them."""
+    logits = np.asarray(logits)
+    probs = softmax(logits, axis=-1)
+    labels = probs.argmax(-1)
+    scores = probs.max(-1)
+    keep = np.flatnonzero((labels != logits.shape[-1] - 1) & (scores > threshold))
+    return keep, scores[keep], labels[keep]
+
+
+def valid_mask_region(processed_size: tuple[int, int], mask_shape: tuple[int, int], stride: int = MASK_STRIDE
+                      ) -> tuple[int, int]:
+    """Rows and columns of the (padded) mask grid that belong to an image of ``processed_size``: ceil(size / stride)."""
+    h, w = (int(v) for v in processed_size)
+    rows, cols = math.ceil(h / stride), math.ceil(w / stride)
+    if rows > mask_shape[0] or cols > mask_shape[1]:
+        raise PansegError(
+            f"masks of {mask_shape[0]}x{mask_shape[1]} are too small for an image of {h}x{w} at stride {stride} "
+            f"(need {rows}x{cols}): processed sizes and masks do not belong together"
+        )
+    return rows, cols
+
+
+@lru_cache(maxsize=256)
+def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D bilinear resampling n_in -> n_out, as F.interpolate(align_corners=False)."""
+    if n_in == n_out:
+        idx = np.arange(n_out)
+        return idx, idx, np.ones(n_out, np.float32), np.zeros(n_out, np.float32)
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    return i0, i1, np.float32(1.0) - w1, w1
+
+
+@lru_cache(maxsize=256)
+def nearest_taps(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of every output index of PIL's NEAREST resize n_in -> n_out.
+
+    Taken from PIL itself (resizing a row of indices), so it follows PIL's own arithmetic in any version; PIL's
+    NEAREST resize is separable, so a 2-D resize is ``image[taps_y][:, taps_x]``.
+    """
+    row = Image.fromarray(np.arange(n_in, dtype=np.int32)[None, :])
+    return np.asarray(row.resize((n_out, 1), Image.NEAREST), dtype=np.int64)[0]
+
+
+def _sample_grid(n_processed: int, n_target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The processed indices that the nearest resize samples, how many output pixels each becomes, and the inverse."""
+    taps = nearest_taps(n_processed, n_target)
+    used, inverse, counts = np.unique(taps, return_inverse=True, return_counts=True)
+    return used, counts, inverse
+
+
+class _Upsampled:
+    """Bilinear upsampled mask logits, evaluated lazily at the sampled pixels of the processed image."""
+
+    def __init__(self, masks: np.ndarray, processed_size: tuple[int, int], rows: np.ndarray, cols: np.ndarray):
+        h_in, w_in = masks.shape[-2:]
+        y0, y1, wy0, wy1 = bilinear_taps(h_in, int(processed_size[0]))
+        x0, x1, wx0, wx1 = bilinear_taps(w_in, int(processed_size[1]))
+        # Horizontal pass first, over the sampled columns only: K x h_in x len(cols).
+        self._horizontal = masks[:, :, x0[cols]] * wx0[cols] + masks[:, :, x1[cols]] * wx1[cols]
+        self._y0, self._y1, self._wy0, self._wy1 = y0[rows], y1[rows], wy0[rows], wy1[rows]
+
+    def rows(self, start: int, stop: int, queries: np.ndarray | slice = slice(None)) -> np.ndarray:
+        hz = self._horizontal[queries]
+        top = hz[:, self._y0[start:stop]]
+        top *= self._wy0[start:stop, None]
+        bottom = hz[:, self._y1[start:stop]]
+        bottom *= self._wy1[start:stop, None]
+        top += bottom
+        return top
+
+    def pixels(self, r: np.ndarray, c: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Values at sampled pixels (r, c) for ``queries`` -> len(queries) x len(r); same arithmetic as ``rows``."""
+        hz = self._horizontal[queries]
+        return hz[:, self._y0[r], c] * self._wy0[r] + hz[:, self._y1[r], c] * self._wy1[r]
+
+
+def _argmax_queries(up: _Upsampled, n_queries: int, shape: tuple[int, int]) -> np.ndarray:
+    n_rows, n_cols = shape
+    owner = np.empty(shape, dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_queries * n_cols))
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        owner[start:stop] = up.rows(start, stop).argmax(0)
+    return owner
+
+
+def _first_of_category(labels: np.ndarray, alive: np.ndarray, is_stuff: np.ndarray) -> np.ndarray:
+    """For every query, the first alive query of its category if it is stuff; itself otherwise."""
+    rep = np.arange(labels.size)
+    first: dict[int, int] = {}
+    for q in np.flatnonzero(alive & is_stuff).tolist():
+        rep[q] = first.setdefault(int(labels[q]), q)
+    return rep
+
+
+def panoptic_segmentation(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    processed_size: tuple[int, int],
+    target_size: tuple[int, int],
+    is_thing: Mapping[int, bool],
+    merge_stuff: bool = False,
+    first_id: int = 1,
+) -> PanopticResult:
+    """Panoptic segmentation of one image from its kept queries.
+
+    ``masks``: K x h x w mask logits of the kept queries, already restricted to the image (see valid_mask_region);
+    ``scores``/``labels``: their class probabilities and category ids; sizes are (height, width).
+    """
+    masks = np.asarray(masks, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    target_h, target_w = (int(v) for v in target_size)
+    if min(target_h, target_w, *(int(v) for v in processed_size)) < 1:
+        raise ValueError(f"image sizes must be positive, got processed {processed_size} and target {target_size}")
+    n = labels.size
+    if masks.ndim != 3 or masks.shape[0] != n or scores.size != n:
+        raise ValueError(f"expected K x h x w masks for K={n} queries, got masks {masks.shape}, scores {scores.shape}")
+    empty = PanopticResult(np.zeros((target_h, target_w), dtype=np.uint32), [])
+    if n == 0:
+        return empty
+    unknown = sorted({int(c) for c in labels.tolist()} - set(is_thing))
+    if unknown:
+        raise PansegError(f"predicted class ids {unknown} are not in the category table ({len(is_thing)} categories)")
+    is_stuff = np.array([not is_thing[int(c)] for c in labels.tolist()], dtype=bool)
+
+    rows, row_counts, row_inverse = _sample_grid(int(processed_size[0]), target_h)
+    cols, col_counts, col_inverse = _sample_grid(int(processed_size[1]), target_w)
+    weight = np.outer(row_counts, col_counts).astype(np.float64).ravel()  # original pixels per sampled pixel
+    up = _Upsampled(masks, processed_size, rows, cols)
+    owner = _argmax_queries(up, n, (rows.size, cols.size))
+
+    alive = np.ones(n, dtype=bool)
+    first_pass = True
+    while True:
+        rep = _first_of_category(labels, alive, is_stuff) if (first_pass or merge_stuff) else np.arange(n)
+        segment = rep[owner]
+        area = np.rint(np.bincount(segment.ravel(), weights=weight, minlength=n)).astype(np.int64)
+        # detr's first pass judges every query by its own (de-duplicated) area, so stuff duplicates (area 0) go;
+        # when merging, a query goes only if its whole merged segment is small.
+        small = alive & ((area <= MAX_SMALL_AREA) if not merge_stuff else (area[rep] <= MAX_SMALL_AREA))
+        first_pass = False
+        if not small.any():
+            break
+        alive &= ~small
+        if not alive.any():
+            return empty
+        lost = ~alive[owner]
+        r, c = np.nonzero(lost)
+        candidates = np.flatnonzero(alive)
+        owner[r, c] = candidates[up.pixels(r, c, candidates).argmax(0)]
+
+    segment_queries = np.flatnonzero(alive & (rep == np.arange(n)))
+    seg_ids = np.zeros(n, dtype=np.uint32)
+    seg_ids[segment_queries] = np.arange(first_id, first_id + segment_queries.size, dtype=np.uint32)
+    sampled_ids = seg_ids[segment]
+    id_map = sampled_ids[row_inverse][:, col_inverse]
+    boxes = _boxes(segment, segment_queries, row_counts, col_counts)
+    segments_info = []
+    for k, q in enumerate(segment_queries.tolist()):
+        members = np.flatnonzero(alive & (rep == q))
+        segments_info.append(
+            {
+                "id": int(seg_ids[q]),
+                "category_id": int(labels[q]),
+                "isthing": bool(is_thing[int(labels[q])]),
+                "area": int(area[q]),
+                "bbox": boxes[k],
+                "score": float(scores[members].max()),
+            }
+        )
+    return PanopticResult(id_map, segments_info)
+
+
+def _boxes(segment: np.ndarray, queries: np.ndarray, row_counts: np.ndarray, col_counts: np.ndarray
+           ) -> list[list[int]]:
+    """COCO [x, y, w, h] of each query's pixels in the original image, from the sampled grid.
+
+    Each sampled row (column) stands for a contiguous run of original rows (NEAREST is monotonic), so a segment's
+    extent is the runs of its first and last sampled row and column.
+    """
+    row_start = np.concatenate([[0], np.cumsum(row_counts)])
+    col_start = np.concatenate([[0], np.cumsum(col_counts)])
+    n_rows, n_cols = segment.shape
+    slot = np.full(int(segment.max()) + 1, -1, dtype=np.int64)
+    slot[queries] = np.arange(queries.size)
+    in_row = np.zeros((queries.size, n_rows), dtype=bool)
+    in_col = np.zeros((queries.size, n_cols), dtype=bool)
+    s = slot[segment]
+    valid = s >= 0
+    rr, cc = np.nonzero(valid)
+    in_row[s[valid], rr] = True
+    in_col[s[valid], cc] = True
+    boxes = []
+    for k in range(queries.size):
+        r0 = int(np.argmax(in_row[k]))
+        r1 = n_rows - 1 - int(np.argmax(in_row[k, ::-1]))
+        c0 = int(np.argmax(in_col[k]))
+        c1 = n_cols - 1 - int(np.argmax(in_col[k, ::-1]))
+        y0, y1 = int(row_start[r0]), int(row_start[r1 + 1])
+        x0, x1 = int(col_start[c0]), int(col_start[c1 + 1])
+        boxes.append([x0, y0, x1 - x0, y1 - y0])
+    return boxes
+
+
+def postprocess_panoptic(
+    pred_logits: np.ndarray,
+    pred_masks: np.ndarray,
+    processed_sizes: Sequence[tuple[int, int]],
+    target_sizes: Sequence[tuple[int, int]] | None,
+    is_thing: Mapping[int, bool],
+    threshold: float = DEFAULT_THRESHOLD,
+    merge_stuff: bool = False,
+    detr_compat: bool = False,
+    mask_stride: int = MASK_STRIDE,
+) -> list[PanopticResult]:
+    """A batch of model outputs -> one PanopticResult per image (detr's PostProcessPanoptic, with the fixes).
+
+    ``pred_logits``: B x Q x (C+1); ``pred_masks``: B x Q x hm x wm (mask logits at stride 4 of the padded batch);
+    ``processed_sizes``: each image's (height, width) as fed to the model, before padding; ``target_sizes``: the
+    (height, width) wanted for the output, usually the original image size (None: the processed sizes).
+    ``detr_compat=True`` gives detr's ids (from 0) and its padding behaviour (masks upsampled with their padding).
+    """
+    pred_logits = np.asarray(pred_logits)
+    pred_masks = np.asarray(pred_masks)
+    if target_sizes is None:
+        target_sizes = processed_sizes
+    if not (len(pred_logits) == len(pred_masks) == len(processed_sizes) == len(target_sizes)):
+        raise ValueError(
+            f"batch sizes differ: {len(pred_logits)} logits, {len(pred_masks)} masks, {len(processed_sizes)} "
+            f"processed sizes, {len(target_sizes)} target sizes"
+        )
+    results = []
+    for logits, masks, size, target in zip(pred_logits, pred_masks, processed_sizes, target_sizes, strict=True):
+        keep, scores, labels = select_queries(logits, threshold)
+        kept = masks[keep]
+        if not detr_compat:
+            rows, cols = valid_mask_region(size, masks.shape[-2:], mask_stride)
+            kept = kept[:, :rows, :cols]
+        results.append(
+            panoptic_segmentation(kept, scores, labels, size, target, is_thing, merge_stuff=merge_stuff,
+                                  first_id=0 if detr_compat else 1)
+        )
+    return results
+
+
+def box_cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    cx, cy, w, h = np.moveaxis(np.asarray(boxes), -1, 0)
+    return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def postprocess_boxes(pred_logits: np.ndarray, pred_boxes: np.ndarray, target_sizes: Sequence[tuple[int, int]]
+                      ) -> list[dict[str, np.ndarray]]:
+    """detr's PostProcess: per image, every query's best real class, its probability, and its box as absolute
+    [x0, y0, x1, y1] in the target (original) image; boxes are relative to the unpadded image, so padding is moot.
+    """
+    probs = softmax(pred_logits, axis=-1)[..., :-1]
+    scores = probs.max(-1)
+    labels = probs.argmax(-1)
+    boxes = box_cxcywh_to_xyxy(np.asarray(pred_boxes, dtype=np.float32))
+    results = []
+    for s, lab, b, (h, w) in zip(scores, labels, boxes, target_sizes, strict=True):
+        scale = np.array([w, h, w, h], dtype=np.float32)
+        results.append({"scores": s.astype(np.float32), "labels": lab, "boxes": b * scale})
+    return results
