@@ -15,7 +15,7 @@ from runtime.errors import PansegError
 from train.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 from train.models import DETRConfig, build_model
 
-SHARED_STATE_DICT = Path("/work/shared/detr_r50_panoptic_state_dict.json")
+SHARED_STATE_DICT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
 
 TINY_PAN = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
                       num_queries=3, num_classes=5, masks=True, dropout=0.0)

@@ -19,7 +19,7 @@ from train.models.position_encoding import PositionEmbeddingSine
 from train.models.segmentation import MaskHeadSmallConv, MHAttentionMap
 from train.models.transformer import Transformer, TransformerDecoderLayer, TransformerEncoderLayer
 
-SHARED_STATE_DICT = Path("/work/shared/detr_r50_panoptic_state_dict.json")
+SHARED_STATE_DICT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
 
 TINY_DET = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=48,
                       num_queries=5, num_classes=7, masks=False, dropout=0.0)
