@@ -156,14 +156,21 @@ def _check_same_size(gt_shape: tuple[int, ...], pred_shape: tuple[int, ...], whe
 
 
 def pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every distinct (gt id, pred id) pixel pair and its count, from one np.unique over gt_id * OFFSET + pred_id.
+    """Every distinct (gt id, pred id) pixel pair and its count: one sort of gt_id * OFFSET + pred_id.
 
-    Returns (gt id, pred id, count) int64 arrays sorted by gt id then pred id. Ids must be below OFFSET.
+    Returns (gt id, pred id, count) int64 arrays sorted by gt id then pred id. Ids must be in 0 .. OFFSET - 1.
     """
-    key = gt_ids.astype(np.uint64).ravel()
-    key <<= np.uint64(_ID_BITS)
-    key |= pred_ids.astype(np.uint64, copy=False).ravel()
-    pairs, counts = np.unique(key, return_counts=True)
+    # Built in two passes with no temporaries, and sorted in place (np.unique would copy it first).
+    # (Any integer dtype: the ids were checked to be in 0 .. OFFSET - 1, so the unsafe cast is exact.)
+    key = np.left_shift(gt_ids.ravel(), np.uint64(_ID_BITS), dtype=np.uint64, casting="unsafe")
+    np.bitwise_or(key, pred_ids.ravel(), out=key, dtype=np.uint64, casting="unsafe")
+    key.sort()
+    first = np.empty(key.size, dtype=bool)
+    first[:1] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    pairs = key[starts]
+    counts = np.diff(starts, append=key.size)
     return (pairs >> np.uint64(_ID_BITS)).astype(np.int64), (pairs & np.uint64(OFFSET - 1)).astype(np.int64), counts
 
 

@@ -226,6 +226,10 @@ def test_in_memory_api_checks_its_inputs():
     no_area = [{k: v for k, v in s.items() if k != "area"} for s in case.gt_segments]
     assert pq_image_stats(case.gt, no_area, case.pred, case.pred_segments, CATS) == image_stat(case)
     assert image_stat(case)[SKY].iou == 1.0
+    # Any integer dtype works (training hands over int64 maps).
+    shifted = RULE_CASES["shifted"]
+    assert pq_image_stats(shifted.gt.astype(np.int64), shifted.gt_segments, shifted.pred.astype(np.int32),
+                          shifted.pred_segments, CATS) == image_stat(shifted)
 
 
 def test_fast_png_reader_equals_the_format_reader(tmp_path):
