@@ -1,0 +1,120 @@
+"""`python -m export.onnx CKPT [-o model.onnx]`: export a DETR checkpoint (ours or facebookresearch/detr's) to ONNX.
+
+Exit status 0 when the model was written and verified (or verification was skipped with --no-verify), 1 on bad input
+(one line on stderr, no file written) or when verification fails (the model is kept as NAME.failed.onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from export.onnx import ShapePolicy, Tolerances, default_output_path, export_checkpoint
+from export.onnx.graph import DEFAULT_OPSET
+from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, verdict_line
+from runtime.atomic import atomic_write_json
+from runtime.errors import PansegError
+from runtime.postprocess import DEFAULT_THRESHOLD
+
+PROG = "python -m export.onnx"
+
+
+def _hw(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 32 or int(m.group(2)) < 32:
+        raise argparse.ArgumentTypeError(f"expected HxW with both at least 32, e.g. 800x1216, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 32:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes of at least 32, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    tol = Tolerances()
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file (.pth): our training's, detr main.py's, or a detr release")
+    p.add_argument("-o", "--output", help="output .onnx (default: the checkpoint's stem + .onnx, here)")
+    p.add_argument("--categories", metavar="FILE",
+                   help="COCO categories JSON (a list, or a dict with 'categories'); overrides the checkpoint's")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17+ for TensorRT)")
+    p.add_argument("--static-shape", type=_hw, metavar="HxW", help="fixed input height and width (default: dynamic)")
+    p.add_argument("--batch", type=_positive_int, help="fixed batch size (default: dynamic)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="default score threshold stored in the model (and used by verification)")
+    v = p.add_argument_group("verification")
+    v.add_argument("--no-verify", action="store_true", help="skip verification")
+    v.add_argument("--verify-images", metavar="DIR",
+                   help="images to verify on (default: data/synthetic/val2017, else 4 generated ones)")
+    v.add_argument("--verify-sizes", type=_sizes, default=DEFAULT_SIZES, metavar="S1,S2",
+                   help="shorter sides to verify at (dynamic shapes)")
+    v.add_argument("--verify-max-images", type=_positive_int, default=DEFAULT_MAX_IMAGES)
+    v.add_argument("--atol-logits", type=float, default=tol.logits_atol)
+    v.add_argument("--atol-boxes", type=float, default=tol.boxes_atol)
+    v.add_argument("--atol-masks", type=float, default=tol.masks_atol)
+    v.add_argument("--rtol", type=float, default=tol.rtol, help="added tolerance relative to the output's max |value|")
+    v.add_argument("--min-pixel-agreement", type=float, default=tol.min_pixel_agreement)
+    v.add_argument("--report", metavar="FILE.json", help="write the verification report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    height, width = args.static_shape or (None, None)
+    policy = ShapePolicy(batch=args.batch, height=height, width=width)
+    tolerances = Tolerances(args.atol_logits, args.atol_boxes, args.atol_masks, args.rtol, args.min_pixel_agreement)
+    output = args.output or default_output_path(args.checkpoint)
+    if args.report and not str(args.report).endswith(".json"):
+        raise PansegError(f"{args.report}: the report name must end in .json")
+    result = export_checkpoint(
+        args.checkpoint, output, categories_file=args.categories, policy=policy, opset=args.opset,
+        simplify=not args.no_simplify, run_verification=not args.no_verify, verify_images=args.verify_images,
+        verify_sizes=args.verify_sizes, verify_max_images=args.verify_max_images, tolerances=tolerances,
+        threshold=args.threshold, progress=not args.quiet)
+    config = result.loaded.config
+    kind = "panoptic" if config.masks else "detection-only"
+    print(f"{result.loaded.path}: {kind} {config.backbone} model, {config.num_queries} queries, "
+          f"{config.num_classes} classes, {len(result.loaded.categories)} categories "
+          f"({result.loaded.categories_source}); exported in {result.export_seconds:.1f} s")
+    if result.report is not None:
+        print(format_table(result.report))
+        print(f"(verified in {result.verify_seconds:.1f} s)")
+        if args.report:
+            atomic_write_json(args.report, result.report.to_json(), indent=1)
+    if not result.passed:
+        print(f"{PROG}: {verdict_line(result.report)}; model kept as {result.path} for inspection", file=sys.stderr)
+        return 1
+    print(f"wrote {result.path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except PansegError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""`python -m export.onnx`: export, metadata, verification and bad input, checked against PyTorch eager directly."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from export.onnx import export_checkpoint, read_metadata
+from export.onnx.__main__ import main
+from export.onnx.graph import FullModel
+from export.onnx.loading import load_for_export
+from export.onnx.verify import compare_panoptic
+from export.trt_operators import check_tensorrt_compatible, unsupported_nodes
+from runtime.backends import OnnxRuntimeBackend
+from runtime.categories import Category, categories_to_json
+from runtime.coco_categories import coco_panoptic_categories
+from runtime.postprocess import PanopticResult
+from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from train.checkpoint import save_checkpoint
+from train.models import DETRConfig, build_model
+from train.prepare.synthetic import categories as synthetic_categories
+from train.prepare.synthetic import generate_sample
+
+REPO = Path(__file__).resolve().parents[1]
+R50_LAYOUT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
+TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
+                  num_queries=10, num_classes=12, dropout=0.0)
+TINY_DET = TINY.replace(masks=False, hidden_dim=64)
+THING, STUFF = 1, 8  # a thing and a stuff class of the synthetic category table
+
+
+def _separable(model: torch.nn.Module) -> torch.nn.Module:
+    """Make a random model look trained enough for the panoptic check to mean something: confident thing/stuff
+    predictions split between queries, and per-query masks that differ well beyond float rounding."""
+    with torch.no_grad():
+        model.detr.class_embed.bias[[THING, STUFF]] += 8.0
+        model.detr.class_embed.weight[STUFF] += 3.0 * torch.randn(model.detr.class_embed.weight.shape[1])
+        model.bbox_attention.q_linear.weight *= 3.0
+        model.mask_head.lay1.weight[:, TINY.hidden_dim:] *= 100.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("export_onnx")
+
+
+@pytest.fixture(scope="module")
+def images_dir(workdir) -> Path:
+    folder = workdir / "images"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(generate_sample(1, "val", index, size=64).image).save(folder / f"img{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(workdir) -> Path:
+    torch.manual_seed(0)
+    model = _separable(build_model(TINY))
+    path = workdir / "tiny.pth"
+    save_checkpoint(path, {"model": model.state_dict(), "config": TINY.to_dict(), "epoch": 3,
+                           "categories": categories_to_json(synthetic_categories())})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_ckpt, workdir, images_dir):
+    return export_checkpoint(tiny_ckpt, workdir / "tiny.onnx", verify_images=images_dir, verify_sizes=(64, 80),
+                             verify_max_images=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_eager(tiny_ckpt) -> FullModel:
+    return FullModel(load_for_export(tiny_ckpt).model, panoptic=True).eval()
+
+
+def _padded_batch(shapes: list[tuple[int, int]], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random normalized images of the given sizes, zero-padded at the bottom/right as detr's NestedTensor."""
+    rng = np.random.default_rng(seed)
+    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    images = np.zeros((len(shapes), 3, h, w), np.float32)
+    mask = np.ones((len(shapes), h, w), bool)
+    for k, (ih, iw) in enumerate(shapes):
+        images[k, :, :ih, :iw] = rng.standard_normal((3, ih, iw))
+        mask[k, :ih, :iw] = False
+    return images, mask
+
+
+# ---------------------------------------------------------------- round trip of a small panoptic model
+
+
+def test_export_verifies_and_reports_every_case(tiny_export):
+    report = tiny_export.report
+    assert tiny_export.path.name == "tiny.onnx" and tiny_export.path.is_file()
+    assert report.verdict == "PASSED", report.problems
+    assert report.checks == {"onnx_checker": "ok", "no_float64": "ok", "tensorrt_operators": "ok",
+                             "dynamic_dims": "ok"}
+    assert {r.case for r in report.runs} == {"64 b1", "64 b2", "80 b1", "80 b2"}
+    padded = [r for r in report.runs if r.case.endswith("b2")]
+    assert padded and all(r.input_shape[0] == 2 for r in padded)
+    # the panoptic comparison compared real segments, not two empty results
+    assert sum(n for r in report.runs for n in r.segments) > 0
+    assert all(p > 0.999 for r in report.runs for p in r.pixel_agreement)
+
+
+@pytest.mark.parametrize("shapes", [[(64, 64)], [(64, 96)], [(96, 80)], [(96, 80), (64, 96)],
+                                    [(64, 64), (48, 64), (64, 40)]],
+                         ids=["64x64", "64x96", "96x80", "b2-padded", "b3-padded"])
+def test_onnxruntime_matches_eager_at_any_size_and_batch(tiny_export, tiny_eager, shapes):
+    """Traced at batch 2 and 96x128: other sizes and batch sizes 1 and 3 must give eager's outputs on the very same
+    padded batch (a batch size frozen into a Reshape/Tile constant would break batch 1 and 3)."""
+    images, mask = _padded_batch(shapes, seed=len(shapes))
+    session = ort.InferenceSession(str(tiny_export.path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {"images": images, "padding_mask": mask}), strict=True))
+    with torch.no_grad():
+        ref = tiny_eager(torch.from_numpy(images), torch.from_numpy(mask))
+    for name, expected, atol in zip(("pred_logits", "pred_boxes", "pred_masks"), ref, (1e-4, 1e-5, 1e-3),
+                                    strict=True):
+        assert got[name].shape == tuple(expected.shape)
+        np.testing.assert_allclose(got[name], expected.numpy(), atol=atol, rtol=1e-4, err_msg=name)
+    h, w = images.shape[2:]
+    assert got["pred_masks"].shape[2:] == (-(-h // 4), -(-w // 4))
+
+
+def test_graph_inputs_are_symbolic_and_operators_tensorrt_parseable(tiny_export):
+    model = onnx.load(str(tiny_export.path))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(model.graph.input) + list(model.graph.output)}
+    assert dims["images"] == ["batch", 3, "height", "width"]
+    assert dims["padding_mask"] == ["batch", "height", "width"]
+    assert dims["pred_logits"] == ["batch", TINY.num_queries, TINY.num_classes + 1]
+    assert dims["pred_masks"] == ["batch", TINY.num_queries, "mask_height", "mask_width"]
+    assert model.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.BOOL
+    assert unsupported_nodes(model) == []
+    check_tensorrt_compatible(tiny_export.path)
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert all(t.data_type != onnx.TensorProto.DOUBLE for t in model.graph.initializer)
+
+
+def test_metadata_describes_the_model(tiny_export, tiny_ckpt):
+    meta = read_metadata(tiny_export.path)
+    assert meta["categories"] == categories_to_json(synthetic_categories())
+    assert meta["categories_source"] == "checkpoint"
+    assert meta["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    assert meta["resize"] == {"size": DEFAULT_SIZE, "max_size": DEFAULT_MAX_SIZE}
+    assert meta["threshold"] == 0.85
+    assert (meta["num_queries"], meta["num_classes"], meta["model_kind"]) == (10, 12, "panoptic")
+    assert meta["source_checkpoint"] == {"file": "tiny.pth",
+                                         "sha256": hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()}
+    assert DETRConfig.from_dict(meta["model_config"]) == TINY
+    assert list(meta["inputs"]) == ["images", "padding_mask"]
+    assert meta["inputs"]["padding_mask"]["dtype"] == "bool"
+    assert list(meta["outputs"]) == ["pred_logits", "pred_boxes", "pred_masks"]
+    assert meta["outputs"]["pred_masks"]["shape"] == ["batch", 10, "mask_height", "mask_width"]
+    assert meta["exporter"]["opset"] == 17 and meta["exporter"]["torch"] == torch.__version__.split("+")[0]
+    assert meta["panseg_version"]
+    # the runtime reads the same values without any side file
+    with OnnxRuntimeBackend(tiny_export.path, optimized_cache=False) as backend:
+        assert json.loads(backend.metadata()["categories"]) == meta["categories"]
+        assert [s.name for s in backend.output_specs()] == ["pred_logits", "pred_boxes", "pred_masks"]
+
+
+def test_compare_panoptic_counts_relabelled_segments_as_equal_and_spots_changes():
+    a = np.array([[1, 1, 2], [1, 2, 2]], np.uint32)
+    seg = [{"id": 1, "category_id": 3}, {"id": 2, "category_id": 7}]
+    relabelled = PanopticResult(np.where(a == 1, 5, 9).astype(np.uint32),
+                                [{"id": 5, "category_id": 3}, {"id": 9, "category_id": 7}])
+    assert compare_panoptic(PanopticResult(a, seg), relabelled) == (1.0, True)
+    moved = PanopticResult(np.array([[1, 1, 1], [1, 2, 2]], np.uint32), seg)
+    agreement, same = compare_panoptic(PanopticResult(a, seg), moved)
+    assert agreement == pytest.approx(5 / 6) and same
+    recat = PanopticResult(a, [{"id": 1, "category_id": 3}, {"id": 2, "category_id": 8}])
+    assert compare_panoptic(PanopticResult(a, seg), recat) == (1.0, False)
+
+
+# ---------------------------------------------------------------- other models and shapes
+
+
+def test_static_shape_export_fixes_dims_and_verifies(tiny_ckpt, workdir, images_dir, capsys):
+    out = workdir / "static.onnx"
+    code = main([str(tiny_ckpt), "-o", str(out), "--static-shape", "64x96", "--batch", "2", "--no-simplify",
+                 "--verify-images", str(images_dir), "--verify-max-images", "2", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "verification PASSED" in printed and "64x96 b2" in printed
+    model = onnx.load(str(out))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 64, 96]
+    assert [d.dim_value for d in model.graph.output[2].type.tensor_type.shape.dim] == [2, 10, 16, 24]
+
+
+def test_detection_only_checkpoint_exports_boxes_only(workdir, images_dir, capsys):
+    torch.manual_seed(1)
+    ckpt = workdir / "det.pth"
+    cats = [Category(1, "a", True), Category(2, "b", True)]
+    save_checkpoint(ckpt, {"model": build_model(TINY_DET).state_dict(), "config": TINY_DET.to_dict(),
+                           "categories": categories_to_json(cats)})
+    out = workdir / "det.onnx"
+    report = workdir / "det_report.json"
+    code = main([str(ckpt), "-o", str(out), "--verify-images", str(images_dir), "--verify-sizes", "64",
+                 "--verify-max-images", "1", "--report", str(report), "--quiet"])
+    assert code == 0, capsys.readouterr()
+    model = onnx.load(str(out))
+    assert [o.name for o in model.graph.output] == ["pred_logits", "pred_boxes"]
+    assert read_metadata(model)["model_kind"] == "detection"
+    saved = json.loads(report.read_text())
+    assert saved["verdict"] == "PASSED" and set(saved["runs"][0]["errors"]) == {"pred_logits", "pred_boxes"}
+    check_tensorrt_compatible(model)
+
+
+@pytest.fixture(scope="module")
+def r50_state_dict() -> dict[str, torch.Tensor]:
+    """detr's released R50 panoptic layout (names, shapes, dtypes from the shared listing), randomly initialised."""
+    listing = json.loads(R50_LAYOUT.read_text())["tensors"]
+    torch.manual_seed(0)
+    state = build_model(DETRConfig()).state_dict()
+    assert [(t["name"], t["shape"], t["dtype"]) for t in listing] == \
+           [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
+    return state
+
+
+@pytest.mark.slow
+def test_detr_r50_panoptic_release_with_only_model_exports_and_verifies(r50_state_dict, workdir, images_dir):
+    ckpt = workdir / "detr-r50-panoptic-00ce5173.pth"
+    torch.save({"model": r50_state_dict}, ckpt)
+    result = export_checkpoint(ckpt, workdir / "r50.onnx", simplify=False, verify_images=images_dir,
+                               verify_sizes=(64,), verify_max_images=1, progress=False)
+    assert result.report.verdict == "PASSED", result.report.problems
+    assert result.loaded.config == DETRConfig()
+    meta = read_metadata(result.path)
+    assert meta["categories"] == categories_to_json(coco_panoptic_categories())
+    assert all(c["isthing"] == int(c["id"] <= 90) for c in meta["categories"])
+    assert (meta["num_classes"], meta["num_queries"]) == (250, 100)
+    check_tensorrt_compatible(result.path)
+
+
+def test_detr_main_checkpoint_with_namespace_args_gets_config_and_coco_categories(r50_state_dict, workdir):
+    ckpt = workdir / "checkpoint.pth"
+    args = argparse.Namespace(lr_backbone=1e-5, backbone="resnet50", dilation=False, position_embedding="sine",
+                              enc_layers=6, dec_layers=6, dim_feedforward=2048, hidden_dim=256, dropout=0.1,
+                              nheads=8, num_queries=100, pre_norm=False, masks=True, aux_loss=True,
+                              dataset_file="coco_panoptic", frozen_weights=None)
+    torch.save({"model": r50_state_dict, "optimizer": {}, "epoch": 24, "args": args}, ckpt)
+    loaded = load_for_export(ckpt)
+    assert loaded.config == DETRConfig() and loaded.panoptic
+    assert loaded.categories == coco_panoptic_categories()
+    assert loaded.categories_source.startswith("coco-panoptic")
+
+
+def test_categories_file_overrides_and_is_checked_against_the_model(tiny_ckpt, workdir):
+    good = workdir / "cats.json"
+    good.write_text(json.dumps({"categories": [{"id": 3, "name": "x", "isthing": 0, "color": [1, 2, 3]}]}))
+    loaded = load_for_export(tiny_ckpt, categories_file=good)
+    assert list(loaded.categories) == [3] and loaded.categories_source == f"--categories {good}"
+    too_big = workdir / "cats_big.json"
+    too_big.write_text(json.dumps([{"id": 12, "name": "y"}]))
+    with pytest.raises(Exception, match=r"category ids \[12\].*outside the model's classes 0\.\.11"):
+        load_for_export(tiny_ckpt, categories_file=too_big)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+class NotPlainData:
+    """Pickled into a checkpoint, this would need arbitrary code to load."""
+
+
+def _bad_inputs(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    state = torch.load(good, weights_only=True)["model"]
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing"] = (folder / "nope.pth", "no such checkpoint file")
+    truncated = folder / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["truncated"] = (truncated, "truncated or corrupt")
+    text = folder / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    cases["not a checkpoint"] = (text, "not a readable PyTorch checkpoint")
+    a_list = folder / "list.pth"
+    torch.save([1, 2, 3], a_list)
+    cases["plain data, not a checkpoint"] = (a_list, "not a checkpoint")
+    unknown = folder / "unknown_keys.pth"
+    torch.save({"model": {**state, "detr.extra_head.weight": torch.zeros(3)}}, unknown)
+    cases["unknown keys"] = (unknown, "unexpected: detr.extra_head.weight")
+    backbone = folder / "backbone.pth"
+    torch.save({"model": {k: v for k, v in state.items() if ".layer4.1." not in k}}, backbone)
+    cases["unsupported backbone"] = (backbone, "is none of")
+    pickled = folder / "pickled.pth"
+    torch.save({"model": state, "extra": NotPlainData()}, pickled)
+    cases["pickled object"] = (pickled, "refused to load")
+    return cases
+
+
+def test_bad_inputs_give_one_line_exit_1_and_no_file(tiny_ckpt, workdir, capsys):
+    folder = workdir / "bad"
+    folder.mkdir()
+    for label, (ckpt, expected) in _bad_inputs(folder, tiny_ckpt).items():
+        out = folder / "out" / "model.onnx"
+        code = main([str(ckpt), "-o", str(out), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 1, label
+        assert expected in err, (label, err)
+        assert len(err.splitlines()) == 1 and str(ckpt) in err, (label, err)
+        assert not out.exists() and not list(folder.glob("**/*.onnx")) and not list(folder.glob("**/*.tmp")), label
+
+
+def test_command_line_entry_point_reports_errors(workdir):
+    proc = subprocess.run([sys.executable, "-m", "export.onnx", str(workdir / "absent.pth")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"python -m export.onnx: error: {workdir / 'absent.pth'}: no such checkpoint file"]
+    assert not (REPO / "absent.onnx").exists()
+
+
+def test_failed_verification_exits_1_and_keeps_model_only_under_failed_name(tiny_ckpt, workdir, images_dir,
+                                                                           capsys):
+    out = workdir / "strict.onnx"
+    code = main([str(tiny_ckpt), "-o", str(out), "--atol-logits", "0", "--atol-boxes", "0", "--atol-masks", "0",
+                 "--rtol", "0", "--verify-images", str(images_dir), "--verify-sizes", "64",
+                 "--verify-max-images", "1", "--no-simplify", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "verification FAILED" in captured.out and "verification FAILED" in captured.err
+    assert not out.exists() and (workdir / "strict.failed.onnx").is_file()
