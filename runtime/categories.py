@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import PanopticFormatError
+from runtime.jsonfile import read_json
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,7 @@ def categories_from_json(entries: Iterable[Mapping[str, Any]], source: str = "ca
 def load_categories(path: str | os.PathLike) -> dict[int, Category]:
     """Read categories from a JSON file holding either a list or a COCO dict with a "categories" key."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise PanopticFormatError(f"{path}: no such file") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PanopticFormatError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, PanopticFormatError)
     if isinstance(data, dict):
         data = data.get("categories")
     if not isinstance(data, list):

@@ -6,7 +6,6 @@ The JSON holds, per image, ``segments_info``: id, category_id, area, bbox [x, y,
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 from runtime.atomic import atomic_write_with
 from runtime.categories import Category
 from runtime.errors import PanopticFormatError
+from runtime.jsonfile import read_json
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # ids are 24-bit
@@ -100,12 +100,7 @@ def segment_stats(id_map: np.ndarray) -> dict[int, dict[str, Any]]:
 def load_panoptic_json(path: str | os.PathLike) -> dict[str, Any]:
     """Read a COCO panoptic JSON (ground truth or predictions) and check its top-level structure."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise PanopticFormatError(f"{path}: no such file") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PanopticFormatError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, PanopticFormatError)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise PanopticFormatError(f"{path}: expected a JSON object with an 'annotations' list")
     for ann in data["annotations"]:

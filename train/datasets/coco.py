@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from runtime.errors import PansegError
+from runtime.jsonfile import read_json
 from train.datasets.transforms import Target
 
 
@@ -81,12 +81,7 @@ def annotations_to_target(
 def load_coco(ann_file: str | os.PathLike, need_segmentation: bool) -> COCO:
     """Read an instances JSON with pycocotools, checking what the targets need; errors name the file."""
     ann_file = Path(ann_file)
-    try:
-        data = json.loads(ann_file.read_text())
-    except FileNotFoundError as exc:
-        raise PansegError(f"{ann_file}: annotation file missing") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PansegError(f"{ann_file}: not valid JSON ({exc})") from exc
+    data = read_json(ann_file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise PansegError(f"{ann_file}: expected a COCO JSON object with an 'images' list")
     required = ("image_id", "category_id", "bbox") + (("segmentation",) if need_segmentation else ())
