@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from runtime.errors import PansegError
 
@@ -24,15 +24,20 @@ def build_parser(prog: str, description: str, subcommands: Mapping[str, tuple[st
     return parser
 
 
+def report_errors(prog: str, func: Callable[[], int | None]) -> int:
+    """Run a command's body: a PansegError becomes one line on stderr and exit 1, Ctrl-C exit 130."""
+    try:
+        return int(func() or 0)
+    except PansegError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def run_subcommand(
     prog: str, description: str, subcommands: Mapping[str, tuple[str, str]], argv: Sequence[str] | None = None
 ) -> int:
     args = build_parser(prog, description, subcommands).parse_args(argv)
-    try:
-        return int(importlib.import_module(args._module).run(args) or 0)
-    except PansegError as exc:
-        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return report_errors(f"{prog} {args.command}", lambda: importlib.import_module(args._module).run(args))

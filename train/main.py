@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from runtime.errors import PansegError
+from runtime.subcommands import report_errors
 from train import distributed as dist_utils
 from train.args import DEFAULT_DATA, build_parser
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -103,10 +104,7 @@ def build_loaders(args: argparse.Namespace, info: dist_utils.DistInfo) -> tuple[
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
-    except PansegError as exc:
-        print(f"python -m train: error: {exc}", file=sys.stderr)
-        return 1
+        return report_errors("python -m train", lambda: run(args))
     finally:
         dist_utils.cleanup()
 

@@ -17,6 +17,7 @@ from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, 
 from runtime.atomic import atomic_write_json
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
+from runtime.subcommands import report_errors
 
 PROG = "python -m export.onnx"
 
@@ -106,14 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except PansegError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return report_errors(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":
