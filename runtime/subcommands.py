@@ -24,6 +24,23 @@ def build_parser(prog: str, description: str, subcommands: Mapping[str, tuple[st
     return parser
 
 
+def _bounded_int(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _bounded_int(1, "positive")  # argparse type= for counts such as --workers
+non_negative_int = _bounded_int(0, "non-negative")  # argparse type= for seeds and offsets
+
+
 def report_errors(prog: str, func: Callable[[], int | None]) -> int:
     """Run a command's body: a PansegError becomes one line on stderr and exit 1, Ctrl-C exit 130."""
     try:

@@ -17,7 +17,7 @@ from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, 
 from runtime.atomic import atomic_write_json
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
-from runtime.subcommands import report_errors
+from runtime.subcommands import positive_int, report_errors
 
 PROG = "python -m export.onnx"
 
@@ -39,12 +39,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     tol = Tolerances()
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
@@ -55,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO categories JSON (a list, or a dict with 'categories'); overrides the checkpoint's")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17+ for TensorRT)")
     p.add_argument("--static-shape", type=_hw, metavar="HxW", help="fixed input height and width (default: dynamic)")
-    p.add_argument("--batch", type=_positive_int, help="fixed batch size (default: dynamic)")
+    p.add_argument("--batch", type=positive_int, help="fixed batch size (default: dynamic)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="default score threshold stored in the model (and used by verification)")
@@ -65,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images to verify on (default: data/synthetic/val2017, else 4 generated ones)")
     v.add_argument("--verify-sizes", type=_sizes, default=DEFAULT_SIZES, metavar="S1,S2",
                    help="shorter sides to verify at (dynamic shapes)")
-    v.add_argument("--verify-max-images", type=_positive_int, default=DEFAULT_MAX_IMAGES)
+    v.add_argument("--verify-max-images", type=positive_int, default=DEFAULT_MAX_IMAGES)
     v.add_argument("--atol-logits", type=float, default=tol.logits_atol)
     v.add_argument("--atol-boxes", type=float, default=tol.boxes_atol)
     v.add_argument("--atol-masks", type=float, default=tol.masks_atol)

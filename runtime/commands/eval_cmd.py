@@ -7,13 +7,7 @@ from typing import Any
 
 from runtime.atomic import atomic_write_json
 from runtime.pq import GROUPS, default_workers, pq_compute
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from runtime.subcommands import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred-json", required=True, help="predicted COCO panoptic JSON")
     parser.add_argument("--pred-folder", required=True, help="folder of predicted panoptic PNGs")
     parser.add_argument("--json", metavar="OUT", help="also write the results here as JSON (atomically)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"processes to use (default: every CPU, here {default_workers()})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

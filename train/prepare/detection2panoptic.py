@@ -36,6 +36,7 @@ from runtime.atomic import atomic_write_json
 from runtime.categories import Category, categories_from_json, categories_to_json, load_categories
 from runtime.errors import PansegError
 from runtime.panoptic_format import rgb2id, write_panoptic_png
+from runtime.subcommands import non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -392,20 +393,6 @@ def convert_detection_to_panoptic(
 # Command line
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-json", required=True, help="COCO detection JSON (instances)")
     parser.add_argument("--output-json", required=True, help="COCO panoptic JSON to write")
@@ -413,8 +400,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the panoptic PNGs (default: the output JSON's path without .json)")
     parser.add_argument("--categories-json", required=True,
                         help="panoptic categories (id, name, isthing, color): a list or a dict with 'categories'")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the segment colours")
-    parser.add_argument("--workers", type=_positive_int, default=1, help="worker processes (output is the same)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for the segment colours")
+    parser.add_argument("--workers", type=positive_int, default=1, help="worker processes (output is the same)")
 
 
 def run(args: argparse.Namespace) -> int:
