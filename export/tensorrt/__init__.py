@@ -1,0 +1,142 @@
+"""Exported ONNX -> TensorRT plan + ``model.plan.json`` side file (``python -m export.tensorrt model.onnx``).
+
+Two steps so that everything checkable is checked on any machine before a GPU is needed:
+:func:`plan_engine` validates the ONNX (readable, panseg metadata, every operator parseable by TensorRT), the output
+name and the flags, and computes the optimization profile (profile.py) and the equivalent trtexec command (build.py);
+:func:`build_engine_file` then builds with TensorRT on the GPU, writes the plan atomically and the side file next to
+it (sidecar.py). Pieces: profile.py (shapes), build.py (TensorRT calls), sidecar.py (side file writing; its format,
+reading and checks are runtime/trt_sidecar.py).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from export.tensorrt.build import BuildOptions, build_plan, load_tensorrt, trtexec_command
+from export.tensorrt.profile import BHW, ShapeRange, profile_for_model, uncovered_aspect_note
+from export.tensorrt.sidecar import engine_info, file_sha256, write_sidecar
+from export.trt_operators import check_tensorrt_compatible
+from runtime.atomic import atomic_write_bytes
+from runtime.backends.base import sidecar_path
+from runtime.errors import PansegError
+from runtime.trt_sidecar import EngineInfo, TensorProfile
+
+__all__ = ["BuildOptions", "EnginePlan", "build_engine_file", "default_engine_path", "plan_engine"]
+
+ENGINE_SUFFIXES = (".plan", ".engine")  # what runtime.backends.select_backend recognises as TensorRT
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Everything decided before TensorRT is touched."""
+
+    onnx_path: Path
+    output: Path
+    metadata: Mapping[str, Any]
+    shape_range: ShapeRange
+    profiles: Mapping[str, TensorProfile]
+    options: BuildOptions
+    note: str | None  # e.g. image shapes the profile leaves out
+
+    @property
+    def sidecar(self) -> Path:
+        return sidecar_path(self.output)
+
+    def trtexec(self) -> list[str]:
+        return trtexec_command(self.onnx_path, self.output, self.profiles, self.options)
+
+
+def default_engine_path(onnx_path: str | os.PathLike) -> Path:
+    """Next to the ONNX file, same stem, ``.plan``."""
+    return Path(onnx_path).with_suffix(".plan")
+
+
+def _load_graph(onnx_path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(os.fspath(onnx_path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise PansegError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
+
+
+def _read_metadata(model: onnx.ModelProto, onnx_path: Path) -> dict[str, Any]:
+    """``metadata_props`` JSON-decoded, as export/onnx/metadata.py writes them. Not imported from there: that package
+    pulls in torch, which a machine that only builds engines need not have."""
+    out: dict[str, Any] = {}
+    for entry in model.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError as exc:
+            raise PansegError(f"{onnx_path}: metadata {entry.key!r} is not JSON ({exc})") from exc
+    return out
+
+
+def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
+                min_shape: BHW | None = None, opt_shape: BHW | None = None, max_shape: BHW | None = None,
+                options: BuildOptions | None = None) -> EnginePlan:
+    """Validate the inputs and decide the profile; raises PansegError (one line) on anything wrong. CPU only."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise PansegError(f"{onnx_path}: {'is not a file' if onnx_path.exists() else 'no such ONNX file'}")
+    output = Path(output) if output is not None else default_engine_path(onnx_path)
+    if output.suffix.lower() not in ENGINE_SUFFIXES:
+        raise PansegError(f"{output}: the engine name must end in {' or '.join(ENGINE_SUFFIXES)} (how the runtime "
+                          "recognises a TensorRT engine)")
+    if output.is_dir():
+        raise PansegError(f"{output}: is a directory")
+    if output.resolve() == onnx_path.resolve():
+        raise PansegError(f"{output}: would overwrite the ONNX model")
+    options = options or BuildOptions()
+    if options.timing_cache is not None and options.timing_cache.is_dir():
+        raise PansegError(f"{options.timing_cache}: the timing cache must be a file, not a directory")
+    check_tensorrt_compatible(onnx_path)  # unsupported operators fail here, with node names, before any build
+    model = _load_graph(onnx_path)
+    metadata = _read_metadata(model, onnx_path)
+    if "panseg_metadata_version" not in metadata:
+        raise PansegError(f"{onnx_path}: no panseg metadata (categories, preprocessing) in the model; export it with "
+                          "python -m export.onnx")
+    flags = {"min": min_shape, "opt": opt_shape, "max": max_shape}
+    shape_range, profiles = profile_for_model(model, metadata, flags, str(onnx_path))
+    return EnginePlan(onnx_path, output, metadata, shape_range, profiles, options,
+                      uncovered_aspect_note(shape_range, metadata.get("resize")))
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def build_engine_file(plan: EnginePlan, progress: bool = True) -> EngineInfo:
+    """Build the plan with TensorRT on the current GPU, write it and its side file; returns the side file's build
+    section. Needs tensorrt and cuda-python (a one-line error otherwise)."""
+    from runtime.backends.tensorrt_backend import current_gpu, import_cudart
+
+    trt = load_tensorrt()
+    try:
+        cudart = import_cudart()
+    except PansegError as exc:
+        raise PansegError(f"cuda-python is needed to identify the GPU for the side file ({exc})") from exc
+    gpu = current_gpu(cudart)
+    onnx_sha256 = file_sha256(plan.onnx_path)
+    started = time.perf_counter()
+    data = build_plan(trt, plan.onnx_path, plan.profiles, plan.options, progress=progress)
+    seconds = time.perf_counter() - started
+    atomic_write_bytes(plan.output, data)
+    info = engine_info(plan=data, onnx_path=plan.onnx_path, onnx_sha256=onnx_sha256, tensorrt_version=trt.__version__,
+                       gpu=gpu, profiles=plan.profiles, version_compatible=plan.options.version_compatible,
+                       hardware_compatibility=plan.options.hardware_compatibility,
+                       builder={**plan.options.describe(), "build_seconds": round(seconds, 1),
+                                "panseg_version": _version("panseg")})
+    write_sidecar(plan.output, plan.metadata, info)
+    return info
