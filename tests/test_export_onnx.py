@@ -334,3 +334,15 @@ def test_failed_verification_exits_1_and_keeps_model_only_under_failed_name(tiny
     assert code == 1
     assert "verification FAILED" in captured.out and "verification FAILED" in captured.err
     assert not out.exists() and (workdir / "strict.failed.onnx").is_file()
+
+
+def test_resize_policy_follows_the_training_size():
+    from export.onnx.loading import resize_policy
+    from train.datasets import scaled_transform_options
+
+    for size in (64, 128, 512):
+        expected = scaled_transform_options(size)
+        assert resize_policy({"args": {"image_size": size, "max_size": 1333}}) == (size, expected["max_size"])
+    assert resize_policy({"args": {"image_size": 128, "max_size": 200}}) == (128, 200)
+    assert resize_policy({"args": {"lr": 1e-4, "masks": True}}) == (800, 1333)  # detr's main.py args
+    assert resize_policy({"model": {}}) == (800, 1333)  # a release holding only 'model'

@@ -79,7 +79,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
         config=loaded.config, categories=loaded.categories, categories_source=loaded.categories_source,
         shapes=shapes, input_names=list(INPUT_NAMES), output_names=output_names,
         checkpoint_name=loaded.path.name, checkpoint_sha256=loaded.sha256, opset=opset, simplified=simplify,
-        threshold=threshold))
+        threshold=threshold, resize_size=loaded.resize[0], resize_max_size=loaded.resize[1]))
     data = model.SerializeToString()
     export_seconds = time.perf_counter() - started
 

@@ -26,6 +26,7 @@ from torch import nn
 from runtime.categories import Category, categories_from_json, load_categories
 from runtime.coco_categories import coco_panoptic_categories
 from runtime.errors import PansegError
+from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE
 from train.checkpoint import load_model_from_checkpoint
 from train.models.config import DETRConfig
 
@@ -43,6 +44,7 @@ class LoadedCheckpoint:
     config: DETRConfig
     categories: dict[int, Category]
     categories_source: str  # "--categories FILE", "checkpoint" or "coco-panoptic (shipped table)"
+    resize: tuple[int, int | None] = (DEFAULT_SIZE, DEFAULT_MAX_SIZE)  # (shorter side, max size) it was trained for
 
     @property
     def panoptic(self) -> bool:
@@ -99,4 +101,17 @@ def load_for_export(path: str | os.PathLike, categories_file: str | os.PathLike 
     model, config, ckpt = load_model_from_checkpoint(path, overrides)
     categories, origin = resolve_categories(ckpt, config, path, categories_file)
     return LoadedCheckpoint(path=path, sha256=file_sha256(path), model=model, config=config, categories=categories,
-                            categories_source=origin)
+                            categories_source=origin, resize=resize_policy(ckpt))
+
+
+def resize_policy(ckpt: Mapping[str, Any]) -> tuple[int, int | None]:
+    """The eval resize the model was trained for: our training stores --image_size/--max_size in 'args' (scaled
+    down like its transforms for small models); detr's checkpoints have neither and use 800/1333."""
+    args = ckpt.get("args") or {}
+    size = args.get("image_size")
+    if not isinstance(size, int) or size == DEFAULT_SIZE:
+        return DEFAULT_SIZE, DEFAULT_MAX_SIZE
+    max_size = args.get("max_size")
+    if not isinstance(max_size, int) or max_size == DEFAULT_MAX_SIZE:
+        max_size = max(1, round(DEFAULT_MAX_SIZE * size / DEFAULT_SIZE))  # as scaled_transform_options scales it
+    return size, max_size
