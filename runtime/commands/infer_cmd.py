@@ -1,0 +1,97 @@
+"""`panseg-rt infer`: panoptic segmentation of image files with an exported model, in COCO panoptic format."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from runtime.backends import add_backend_arguments, backend_name_for, backend_options_from_args
+from runtime.errors import PansegError
+from runtime.infer import Failure, InferOptions, infer
+from runtime.outputs import FAILURES_FILE, TIMINGS_FILE
+from runtime.subcommands import positive_int
+
+PROG = "panseg-rt infer"
+EXIF_CHOICES = ("auto", "apply", "ignore")
+
+
+def _max_size(text: str) -> int | str | None:
+    if text.lower() in ("none", "model"):  # "model" is the default: argparse passes string defaults through type
+        return None if text.lower() == "none" else "model"
+    return positive_int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", required=True, metavar="MODEL",
+                        help="exported model: .onnx (ONNX Runtime) or .plan/.engine (TensorRT, metadata in MODEL.json)")
+    parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                        help="image files (any extension), folders (their image files) or glob patterns (quote them; "
+                             "** recurses)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="writes DIR/panoptic/<stem>.png, DIR/predictions.json (COCO panoptic results, readable "
+                             "by panseg-rt eval and panopticapi), DIR/records/, DIR/timings.json")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="keep queries whose class probability exceeds this (default: the model's, usually 0.85)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                        help="images per engine call (default 1). Images of the same processed size are batched "
+                             "together first; only the leftovers of different sizes are padded to a common size, "
+                             "and padding changes a DETR image's result slightly (detr's own batching does too)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write DIR/overlay/<stem>.jpg: segments in category colours with labels, thing "
+                             "boxes and scores over the photo")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="threads per operator of the engine (ONNX Runtime intra-op threads; default: one per "
+                             "physical core); preprocessing of the next batch runs in one more thread")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every image; by default a rerun skips the images already finished in DIR with "
+                             "the same model and settings")
+    parser.add_argument("--coco-json", metavar="FILE",
+                        help="COCO (panoptic) JSON of the dataset the inputs belong to: inputs are matched to its "
+                             "images by file name and take their image ids; PNGs are named like its panoptic "
+                             "annotations (image name up to the first dot + .png). Default: image_id = file stem")
+    parser.add_argument("--size", type=positive_int, default=None, metavar="N",
+                        help="resize the shorter side to N (default: the model's, e.g. 800)")
+    parser.add_argument("--max-size", type=_max_size, default="model", metavar="N",
+                        help="limit the longer side to N, or 'none' (default: the model's, e.g. 1333)")
+    parser.add_argument("--exif", choices=EXIF_CHOICES, default="auto",
+                        help="EXIF orientation: apply it, or ignore it to keep the stored pixel layout as COCO "
+                             "annotations do (auto: ignore with --coco-json, apply otherwise)")
+    parser.add_argument("--no-prefetch", dest="prefetch", action="store_false",
+                        help="preprocess each batch only when the engine wants it (no overlap; for timing)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_backend_arguments(parser)
+
+
+def _backend_options(args: argparse.Namespace) -> dict:
+    options = backend_options_from_args(args.engine, args)
+    if args.threads is not None:
+        if args.intra_op_threads is not None and args.intra_op_threads != args.threads:
+            raise PansegError(f"--threads {args.threads} and --intra-op-threads {args.intra_op_threads} disagree; "
+                              "give one of them")
+        if backend_name_for(args.engine, args.backend) == "onnxruntime":
+            options["intra_op_threads"] = args.threads
+    return options
+
+
+def _report_failure(failure: Failure) -> None:
+    tqdm.write(f"{PROG}: skipped {failure}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    exif = args.exif if args.exif != "auto" else ("ignore" if args.coco_json else "apply")
+    options = InferOptions(threshold=args.threshold, batch_size=args.batch_size, overlay=args.overlay,
+                           overwrite=args.overwrite, size=args.size, apply_exif=exif == "apply",
+                           progress=not args.no_progress, prefetch=args.prefetch)
+    if args.max_size != "model":
+        options.max_size = args.max_size
+    report = infer(args.engine, args.input, args.output, options, coco_json=args.coco_json, backend=args.backend,
+                   backend_options=_backend_options(args), on_failure=_report_failure)
+    print(f"{PROG}: {report.summary_line()}")
+    print(f"wrote {report.predictions} ({report.done + report.skipped} images; timings in {TIMINGS_FILE})")
+    if report.failures:
+        print(f"{PROG}: {len(report.failures)} of {report.total} images failed (listed above and in "
+              f"{FAILURES_FILE})", file=sys.stderr)
+        return 1
+    return 0

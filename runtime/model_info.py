@@ -1,0 +1,169 @@
+"""What an exported model says about itself, parsed once into typed values (``ModelInfo``).
+
+The export stores its metadata as string values: ``metadata_props`` of the .onnx (every value JSON-encoded, see
+export/onnx/metadata.py) or the side file ``model.plan.json`` of a TensorRT engine (read by
+``runtime.backends.read_sidecar_metadata``, plain strings kept as they are). Both reach us through
+``Backend.metadata()``; everything the runtime needs is checked here, so a broken or foreign model fails with one line
+naming the file and the key, not with a KeyError in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.categories import Category, categories_from_json
+from runtime.errors import PanopticFormatError, PansegError
+
+SUPPORTED_METADATA_VERSION = 1
+DEFAULT_MASK_STRIDE = 4
+PANOPTIC = "panoptic"
+DETECTION = "detection"
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """detr's evaluation resize: shorter side to ``size``, longer side at most ``max_size`` (None: no limit)."""
+
+    size: int
+    max_size: int | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The exported model's contract with the runtime."""
+
+    source: str  # the engine file, for messages
+    metadata_version: int
+    kind: str  # "panoptic" or "detection"
+    categories: dict[int, Category]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: ResizePolicy
+    threshold: float
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    num_queries: int
+    num_classes: int
+    mask_stride: int
+
+    @property
+    def is_thing(self) -> dict[int, bool]:
+        return {c.id: bool(c.isthing) for c in self.categories.values()}
+
+    @property
+    def panoptic(self) -> bool:
+        return self.kind == PANOPTIC
+
+
+def _decode(value: str) -> Any:
+    # ONNX metadata values are JSON; a side file may keep plain strings (e.g. "panoptic") as they are.
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+class _Reader:
+    """Typed access to the metadata, each failure naming the engine file and the key."""
+
+    def __init__(self, metadata: Mapping[str, str], source: str) -> None:
+        self.values = {k: _decode(v) for k, v in metadata.items()}
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> PansegError:
+        return PansegError(f"{self.source}: metadata {key!r} {problem}")
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        if key in self.values:
+            return self.values[key]
+        if default is ...:
+            raise self.fail(key, "is missing (re-export the model with this version of panseg)")
+        return default
+
+    def positive_int(self, key: str, value: Any = ..., default: Any = ...) -> int:
+        value = self.get(key, default) if value is ... else value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(key, f"must be a positive integer, got {value!r}")
+        return value
+
+    def triple(self, key: str, value: Any, positive: bool) -> tuple[float, float, float]:
+        ok = isinstance(value, list | tuple) and len(value) == 3 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            for v in value)
+        if not ok:
+            raise self.fail(key, f"must be three {'positive ' if positive else ''}numbers, got {value!r}")
+        return float(value[0]), float(value[1]), float(value[2])
+
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.get(key)
+        # The exporter writes {name: description}; JSON objects keep their order, so this is the tensor order.
+        names = list(value) if isinstance(value, dict | list) else None
+        if not names or not all(isinstance(n, str) for n in names):
+            raise self.fail(key, f"must list tensor names, got {value!r}")
+        return tuple(names)
+
+
+def parse_model_info(metadata: Mapping[str, str], source: str = "model") -> ModelInfo:
+    """``Backend.metadata()`` -> ModelInfo; raises PansegError naming ``source`` and the bad key."""
+    r = _Reader(metadata, source)
+    if "panseg_metadata_version" not in r.values:
+        raise PansegError(f"{source}: no panseg metadata in this model (export it with `python -m export.onnx`, "
+                          "which records categories, preprocessing and threshold)")
+    version = r.positive_int("panseg_metadata_version")
+    if version > SUPPORTED_METADATA_VERSION:
+        raise r.fail("panseg_metadata_version", f"is {version}; this runtime reads up to "
+                     f"{SUPPORTED_METADATA_VERSION} (upgrade panseg)")
+
+    kind = r.get("model_kind")
+    if kind not in (PANOPTIC, DETECTION):
+        raise r.fail("model_kind", f"must be {PANOPTIC!r} or {DETECTION!r}, got {kind!r}")
+
+    entries = r.get("categories")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise r.fail("categories", "must be a non-empty list of COCO category objects")
+    try:
+        categories = categories_from_json(entries, f"{source} metadata 'categories'")
+    except PanopticFormatError as exc:
+        raise PansegError(str(exc)) from exc
+
+    normalization = r.get("normalization")
+    if not isinstance(normalization, dict):
+        raise r.fail("normalization", f"must be an object with mean and std, got {normalization!r}")
+    mean = r.triple("normalization.mean", normalization.get("mean"), positive=False)
+    std = r.triple("normalization.std", normalization.get("std"), positive=True)
+
+    resize = r.get("resize")
+    if not isinstance(resize, dict):
+        raise r.fail("resize", f"must be an object with size and max_size, got {resize!r}")
+    size = r.positive_int("resize.size", resize.get("size"))
+    max_size = resize.get("max_size")
+    if max_size is not None:
+        max_size = r.positive_int("resize.max_size", max_size)
+
+    threshold = r.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold < 1.0:
+        raise r.fail("threshold", f"must be a number in [0, 1), got {threshold!r}")
+
+    num_classes = r.positive_int("num_classes")
+    too_large = sorted(c for c in categories if not 0 <= c < num_classes)
+    if too_large:
+        raise r.fail("categories", f"has ids {too_large[:5]} outside the model's {num_classes} classes")
+    return ModelInfo(
+        source=source,
+        metadata_version=version,
+        kind=kind,
+        categories=categories,
+        mean=mean,
+        std=std,
+        resize=ResizePolicy(size, max_size),
+        threshold=float(threshold),
+        input_names=r.names("inputs"),
+        output_names=r.names("outputs"),
+        num_queries=r.positive_int("num_queries"),
+        num_classes=num_classes,
+        mask_stride=r.positive_int("mask_stride", default=DEFAULT_MASK_STRIDE),
+    )
