@@ -21,6 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr_schedule", choices=["step", "cosine"], default="step", help="step = detr's StepLR at lr_drop")
     p.add_argument("--warmup_epochs", type=int, default=0, help="linear warmup before the cosine schedule")
     p.add_argument("--clip_max_norm", type=float, default=0.1)
+    p.add_argument("--scratch_backbone", action="store_true",
+                   help="training without pretrained weights: real BatchNorm (folded into detr's frozen statistics "
+                        "in the checkpoint) and every backbone layer trainable")
+    p.add_argument("--token_loss_coef", type=float, default=0.0,
+                   help="training-only dense loss: classify every encoder token (helps from-scratch trunks; "
+                        "detection stage only; 0 = off)")
     p.add_argument("--frozen_weights", help="detection checkpoint to load and freeze; only the mask head trains")
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])

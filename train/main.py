@@ -27,6 +27,8 @@ from train.engine import train_one_epoch
 from train.models import DETRConfig, build_model
 from train.models.criterion import build_criterion
 from train.optim import build_lr_scheduler, build_optimizer
+from train.scratch_backbone import train_backbone_from_scratch
+from train.token_loss import DETRWithTokenHead, loss_tokens
 
 
 def seed_everything(seed: int) -> None:
@@ -121,10 +123,17 @@ def run(args: argparse.Namespace) -> int:
     num_classes = args.num_classes or max(c["id"] for c in categories) + 1
     config = DETRConfig.from_args(args, num_classes=num_classes, masks=args.masks)
     model = build_model(config, freeze_detr=bool(args.frozen_weights)).to(device)
+    if args.scratch_backbone and not args.frozen_weights:
+        detector = model.detr if config.masks else model
+        train_backbone_from_scratch(detector.backbone)
     if args.frozen_weights:
         frozen = load_checkpoint(args.frozen_weights)
         model.detr.load_state_dict(strip_detr_prefix(frozen["model"]))
     model_without_ddp = model
+    token_head = None
+    if args.token_loss_coef > 0 and not args.masks:
+        model = DETRWithTokenHead(model, num_classes).to(device)
+        token_head = model.token_head
     if info.enabled:
         device_ids = [info.local_rank] if device != "cpu" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -136,8 +145,11 @@ def run(args: argparse.Namespace) -> int:
         dice_loss_coef=args.dice_loss_coef, eos_coef=args.eos_coef, set_cost_class=args.set_cost_class,
         set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou,
     )
+    if token_head is not None:
+        criterion.add_loss("tokens", loss_tokens, {"loss_tokens": args.token_loss_coef})
     criterion.to(device)
-    optimizer = build_optimizer(model_without_ddp, args.lr, args.lr_backbone, args.weight_decay)
+    trained = model.module if info.enabled else model  # the DETR, or the DETR plus its training-only token head
+    optimizer = build_optimizer(trained, args.lr, args.lr_backbone, args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, args.lr_schedule, args.epochs, args.lr_drop, args.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.startswith("cuda") else None
 
@@ -147,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         model_without_ddp.load_state_dict(ckpt["model"])
+        if token_head is not None and "token_head" in ckpt:
+            token_head.load_state_dict(ckpt["token_head"])
         if not args.eval and "optimizer" in ckpt and "lr_scheduler" in ckpt and "epoch" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -179,11 +193,14 @@ def run(args: argparse.Namespace) -> int:
         if info.enabled:
             log["replica_checksums"] = checksums
         if info.is_main and output_dir:
-            save_checkpoint(output_dir / "checkpoint.pth", {
+            ckpt = {
                 "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args(args),
                 "config": config.to_dict(), "categories": categories,
-            })
+            }
+            if token_head is not None:  # training-only, kept apart from the detr-compatible 'model'
+                ckpt["token_head"] = token_head.state_dict()
+            save_checkpoint(output_dir / "checkpoint.pth", ckpt)
         last = epoch == args.epochs - 1
         if info.is_main and args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last):
             log.update(evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir))

@@ -184,6 +184,12 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(pred, target, num_boxes),
         }
 
+    def add_loss(self, name: str, fn: LossFn, weights: Mapping[str, float]) -> None:
+        """Select one more named loss (e.g. a training-only helper) with the weights of the terms it returns."""
+        self.loss_fns[name] = fn
+        self.losses.append(name)
+        self.weight_dict.update(weights)
+
     def _check_labels(self, targets: Targets) -> None:
         for i, t in enumerate(targets):
             labels = t["labels"]
