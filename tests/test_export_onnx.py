@@ -231,10 +231,22 @@ def r50_state_dict() -> dict[str, torch.Tensor]:
     return state
 
 
+def detr_main_args() -> argparse.Namespace:
+    """What detr's main.py pickles under 'args' for the R50 panoptic configuration."""
+    return argparse.Namespace(lr_backbone=1e-5, backbone="resnet50", dilation=False, position_embedding="sine",
+                              enc_layers=6, dec_layers=6, dim_feedforward=2048, hidden_dim=256, dropout=0.1,
+                              nheads=8, num_queries=100, pre_norm=False, masks=True, aux_loss=True,
+                              dataset_file="coco_panoptic", frozen_weights=None)
+
+
 @pytest.mark.slow
-def test_detr_r50_panoptic_release_with_only_model_exports_and_verifies(r50_state_dict, workdir, images_dir):
+@pytest.mark.parametrize("layout", ["release (model only)", "main.py (Namespace args)"])
+def test_detr_r50_panoptic_checkpoints_export_and_verify(r50_state_dict, workdir, images_dir, layout):
     ckpt = workdir / "detr-r50-panoptic-00ce5173.pth"
-    torch.save({"model": r50_state_dict}, ckpt)
+    if layout.startswith("release"):
+        torch.save({"model": r50_state_dict}, ckpt)
+    else:
+        torch.save({"model": r50_state_dict, "optimizer": {}, "epoch": 24, "args": detr_main_args()}, ckpt)
     result = export_checkpoint(ckpt, workdir / "r50.onnx", simplify=False, verify_images=images_dir,
                                verify_sizes=(64,), verify_max_images=1, progress=False)
     assert result.report.verdict == "PASSED", result.report.problems
@@ -248,11 +260,7 @@ def test_detr_r50_panoptic_release_with_only_model_exports_and_verifies(r50_stat
 
 def test_detr_main_checkpoint_with_namespace_args_gets_config_and_coco_categories(r50_state_dict, workdir):
     ckpt = workdir / "checkpoint.pth"
-    args = argparse.Namespace(lr_backbone=1e-5, backbone="resnet50", dilation=False, position_embedding="sine",
-                              enc_layers=6, dec_layers=6, dim_feedforward=2048, hidden_dim=256, dropout=0.1,
-                              nheads=8, num_queries=100, pre_norm=False, masks=True, aux_loss=True,
-                              dataset_file="coco_panoptic", frozen_weights=None)
-    torch.save({"model": r50_state_dict, "optimizer": {}, "epoch": 24, "args": args}, ckpt)
+    torch.save({"model": r50_state_dict, "optimizer": {}, "epoch": 24, "args": detr_main_args()}, ckpt)
     loaded = load_for_export(ckpt)
     assert loaded.config == DETRConfig() and loaded.panoptic
     assert loaded.categories == coco_panoptic_categories()
