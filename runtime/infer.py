@@ -11,6 +11,10 @@ Speed: preprocessing (decode, resize, normalize; PIL releases the GIL for decode
 a one-batch-ahead prefetch thread while the engine works on the current one; post-processing upsamples only the kept
 queries. Each stage's time is recorded and returned (and written to ``DIR/timings.json``).
 
+Query-sparse models (the export's default for panoptic models; runtime/sparse.py): the detector's metadata names its
+mask graph, which is loaded next to it with the same backend options; the "engine" stage then is detector ->
+threshold -> mask graph on the batch's kept queries, and post-processing gets only the kept queries' masks.
+
 Bad images (unreadable, truncated, empty, not an image, too large for a static-shape engine, ...) are reported and
 skipped; the others are written. See runtime/outputs.py for the output folder and how reruns skip finished images.
 """
@@ -23,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +44,14 @@ from runtime.model_info import ModelInfo, parse_model_info
 from runtime.outputs import ImageJob, OutputDir, PredictionsFile, check_output_name
 from runtime.postprocess import PanopticResult, postprocess_panoptic
 from runtime.preprocess import load_image, pad_batch, plan_batches, preprocess, target_size
+from runtime.sparse import (
+    DETECTOR_OUTPUTS,
+    MASK_INPUTS,
+    MASK_OUTPUT,
+    mask_graph_path,
+    postprocess_kept,
+    run_query_sparse,
+)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".pnm"})
@@ -302,15 +314,26 @@ class EngineShape:
         return fitted, fitted_mask
 
 
-def check_engine(backend: Backend, info: ModelInfo) -> EngineShape:
-    """The engine must be a panoptic model with the tensors the runtime feeds and reads."""
+def check_engine(backend: Backend, info: ModelInfo, mask_backend: Backend | None = None) -> EngineShape:
+    """The engine must be a panoptic model with the tensors the runtime feeds and reads (a query-sparse model: its
+    detector and its mask graph ``mask_backend``)."""
     if not info.panoptic:
         raise PansegError(f"{info.source}: a {info.kind}-only model; panseg-rt infer needs a panoptic model "
                           "(one trained and exported with masks)")
+    if info.mask_graph is not None and mask_backend is None:
+        raise PansegError(f"{info.source}: a query-sparse model; its mask graph {info.mask_graph} must be loaded too")
+    if info.mask_graph is None and mask_backend is not None:
+        raise PansegError(f"{info.source}: a single-graph model takes no mask graph")
     inputs = {s.name: s for s in backend.input_specs()}
     outputs = {s.name for s in backend.output_specs()}
-    missing = [n for n in (IMAGES_INPUT,) if n not in inputs] + [n for n in (LOGITS_OUTPUT, MASKS_OUTPUT)
-                                                                 if n not in outputs]
+    wanted_outputs = DETECTOR_OUTPUTS if mask_backend is not None else (LOGITS_OUTPUT, MASKS_OUTPUT)
+    missing = [n for n in (IMAGES_INPUT,) if n not in inputs] + [n for n in wanted_outputs if n not in outputs]
+    if mask_backend is not None:
+        mask_inputs = {s.name for s in mask_backend.input_specs()}
+        mask_outputs = {s.name for s in mask_backend.output_specs()}
+        if mask_inputs != set(MASK_INPUTS) or MASK_OUTPUT not in mask_outputs:
+            raise PansegError(f"{mask_backend.path}: mask graph tensors {sorted(mask_inputs)} -> {sorted(mask_outputs)}"
+                              f" are not a panseg mask graph's ({', '.join(MASK_INPUTS)} -> {MASK_OUTPUT})")
     unknown_inputs = [n for n in inputs if n not in (IMAGES_INPUT, MASK_INPUT)]
     if missing or unknown_inputs:
         raise PansegError(f"{info.source}: engine tensors {sorted(inputs)} -> {sorted(outputs)} are not a panseg "
@@ -343,8 +366,10 @@ class PreparedBatch:
 class Pipeline:
     """The per-batch stages of one run, with the settings resolved from the model and the options."""
 
-    def __init__(self, backend: Backend, info: ModelInfo, options: InferOptions, shape: EngineShape) -> None:
+    def __init__(self, backend: Backend, info: ModelInfo, options: InferOptions, shape: EngineShape,
+                 mask_backend: Backend | None = None) -> None:
         self.backend = backend
+        self.mask_backend = mask_backend
         self.info = info
         self.options = options
         self.shape = shape
@@ -402,17 +427,24 @@ class Pipeline:
                 images, mask = self.shape.fit(*pad_batch(arrays))
             return PreparedBatch(kept, images, mask, processed, original, pictures, failures)
 
-    def run_engine(self, batch: PreparedBatch) -> tuple[np.ndarray, np.ndarray]:
+    def run_engine(self, batch: PreparedBatch) -> tuple[np.ndarray, Sequence[np.ndarray]]:
+        """(logits B x Q x C+1, masks per image: all Q queries' for a single graph, the kept ones' if query-sparse)."""
         feeds = {IMAGES_INPUT: batch.images}
         if self.feeds_mask:
             feeds[MASK_INPUT] = batch.mask
         with self.times.measure("engine"):
+            if self.mask_backend is not None:
+                out = run_query_sparse(self.backend.infer, self.mask_backend.infer, feeds, self.threshold)
+                return out.pred_logits, out.masks
             out = self.backend.infer(feeds, [LOGITS_OUTPUT, MASKS_OUTPUT])
         return out[LOGITS_OUTPUT], out[MASKS_OUTPUT]
 
     def postprocess(self, logits: np.ndarray, masks: np.ndarray, processed: tuple[int, int],
                     original: tuple[int, int]) -> PanopticResult:
         with self.times.measure("postprocess"):
+            if self.mask_backend is not None:
+                return postprocess_kept(logits, masks, processed, original, self.is_thing, self.threshold,
+                                        self.info.mask_stride)
             return postprocess_panoptic(logits[None], masks[None], [processed], [original], self.is_thing,
                                         self.threshold, mask_stride=self.info.mask_stride)[0]
 
@@ -441,21 +473,27 @@ def prefetched(items: Sequence[T], work: Callable[[T], R], enabled: bool, times:
 # ------------------------------------------------------------------------------------------------------ running
 
 
-def run_settings(engine_path: Path, info: ModelInfo, options: InferOptions) -> dict[str, Any]:
+def run_settings(engine_path: Path, info: ModelInfo, options: InferOptions,
+                 mask_graph: Path | None = None) -> dict[str, Any]:
     """What an image's result depends on; a finished image made with other settings is made again."""
     threshold, size, max_size = options.resolved(info)
-    return {"engine": engine_path.name, "engine_sha256": file_sha256(engine_path), "threshold": threshold,
-            "resize": {"size": size, "max_size": max_size}, "normalization": {"mean": info.mean, "std": info.std},
-            "exif": options.apply_exif}
+    settings = {"engine": engine_path.name, "engine_sha256": file_sha256(engine_path), "threshold": threshold,
+                "resize": {"size": size, "max_size": max_size}, "normalization": {"mean": info.mean, "std": info.std},
+                "exif": options.apply_exif}
+    if mask_graph is not None:
+        settings["mask_graph_sha256"] = file_sha256(mask_graph)
+    return settings
 
 
 def run_inference(backend: Backend, info: ModelInfo, jobs: Sequence[ImageJob], output: OutputDir,
                   options: InferOptions, failures: Sequence[Failure] = (),
-                  on_failure: Callable[[Failure], None] | None = None, load_seconds: float = 0.0) -> InferReport:
-    """Process ``jobs`` into ``output``; ``failures`` (e.g. unmatched inputs) are reported alongside."""
+                  on_failure: Callable[[Failure], None] | None = None, load_seconds: float = 0.0,
+                  mask_backend: Backend | None = None) -> InferReport:
+    """Process ``jobs`` into ``output``; ``failures`` (e.g. unmatched inputs) are reported alongside.
+    ``mask_backend``: a query-sparse model's mask graph (``backend`` is then its detector)."""
     started = time.perf_counter()
-    shape = check_engine(backend, info)
-    pipeline = Pipeline(backend, info, options, shape)
+    shape = check_engine(backend, info, mask_backend)
+    pipeline = Pipeline(backend, info, options, shape, mask_backend)
     check_unique_outputs(jobs)
     failed: list[Failure] = []
 
@@ -538,10 +576,16 @@ def infer(engine: str | os.PathLike, inputs: Sequence[str | os.PathLike], output
         jobs, failures = jobs_for_files(paths), []
     check_unique_outputs(jobs)
     started = time.perf_counter()
-    with select_backend(engine, backend, **(backend_options or {})) as loaded:
+    with ExitStack() as stack:
+        loaded = stack.enter_context(select_backend(engine, backend, **(backend_options or {})))
         info = parse_model_info(loaded.metadata(), str(engine))
-        check_engine(loaded, info)
-        output = OutputDir(output_dir, info.categories, run_settings(engine, info, options), overlay=options.overlay)
+        masks_path = mask_graph_path(engine, info.mask_graph) if info.mask_graph else None
+        mask_backend = None
+        if masks_path is not None:
+            mask_backend = stack.enter_context(select_backend(masks_path, backend, **(backend_options or {})))
+        check_engine(loaded, info, mask_backend)
+        output = OutputDir(output_dir, info.categories, run_settings(engine, info, options, masks_path),
+                           overlay=options.overlay)
         load_seconds = time.perf_counter() - started
-        report = run_inference(loaded, info, jobs, output, options, failures, on_failure, load_seconds)
+        report = run_inference(loaded, info, jobs, output, options, failures, on_failure, load_seconds, mask_backend)
     return report

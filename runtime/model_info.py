@@ -17,8 +17,9 @@ from typing import Any
 
 from runtime.categories import Category, categories_from_json
 from runtime.errors import PanopticFormatError, PansegError
+from runtime.sparse import mask_graph_file
 
-SUPPORTED_METADATA_VERSION = 1
+SUPPORTED_METADATA_VERSION = 2  # 2: query-sparse models (a detector naming its mask graph, runtime/sparse.py)
 DEFAULT_MASK_STRIDE = 4
 PANOPTIC = "panoptic"
 DETECTION = "detection"
@@ -49,6 +50,7 @@ class ModelInfo:
     num_queries: int
     num_classes: int
     mask_stride: int
+    mask_graph: str | None = None  # query-sparse: the mask graph's file name, next to the model
 
     @property
     def is_thing(self) -> dict[int, bool]:
@@ -166,4 +168,5 @@ def parse_model_info(metadata: Mapping[str, str], source: str = "model") -> Mode
         num_queries=r.positive_int("num_queries"),
         num_classes=num_classes,
         mask_stride=r.positive_int("mask_stride", default=DEFAULT_MASK_STRIDE),
+        mask_graph=mask_graph_file(r.values, source),
     )

@@ -77,8 +77,9 @@ def tiny_ckpt(workdir) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_ckpt, workdir, images_dir):
+    # detr's single graph (--full): the query-sparse default has its own tests in test_sparse.py
     return export_checkpoint(tiny_ckpt, workdir / "tiny.onnx", verify_images=images_dir, verify_sizes=(64, 80),
-                             verify_max_images=2, progress=False)
+                             verify_max_images=2, progress=False, full=True)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_compare_panoptic_counts_relabelled_segments_as_equal_and_spots_changes(
 
 def test_static_shape_export_fixes_dims_and_verifies(tiny_ckpt, workdir, images_dir, capsys):
     out = workdir / "static.onnx"
-    code = main([str(tiny_ckpt), "-o", str(out), "--static-shape", "64x96", "--batch", "2", "--no-simplify",
+    code = main([str(tiny_ckpt), "-o", str(out), "--full", "--static-shape", "64x96", "--batch", "2", "--no-simplify",
                  "--verify-images", str(images_dir), "--verify-max-images", "2", "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -342,6 +343,9 @@ def test_failed_verification_exits_1_and_keeps_model_only_under_failed_name(tiny
     assert code == 1
     assert "verification FAILED" in captured.out and "verification FAILED" in captured.err
     assert not out.exists() and (workdir / "strict.failed.onnx").is_file()
+    # the default query-sparse pair: the mask graph too, named in the kept detector's metadata
+    assert not (workdir / "strict.masks.onnx").exists() and (workdir / "strict.failed.masks.onnx").is_file()
+    assert read_metadata(workdir / "strict.failed.onnx")["query_sparse"]["mask_graph"] == "strict.failed.masks.onnx"
 
 
 def test_resize_policy_follows_the_training_size():

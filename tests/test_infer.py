@@ -450,7 +450,9 @@ def test_model_info_reads_the_exported_metadata_and_names_bad_keys(model):
     assert info.categories == {c.id: c for c in synthetic_categories()}
     assert (info.resize.size, info.resize.max_size, info.threshold) == (800, 1333, 0.85)
     assert info.input_names == ("images", "padding_mask")
-    assert info.output_names == ("pred_logits", "pred_boxes", "pred_masks")
+    # the default export is query-sparse: a detector (logits, boxes, the mask head's per-image inputs) + mask graph
+    assert info.output_names[:2] == ("pred_logits", "pred_boxes") and "pred_masks" not in info.output_names
+    assert info.mask_graph == "tiny.masks.onnx"
     assert (info.num_queries, info.num_classes, info.mask_stride, info.panoptic) == (10, 12, 4, True)
     # a TensorRT side file keeps plain strings as they are
     assert parse_model_info({**metadata, "model_kind": "panoptic"}, "m.plan").kind == "panoptic"
@@ -459,6 +461,7 @@ def test_model_info_reads_the_exported_metadata_and_names_bad_keys(model):
         "resize": json.dumps({"size": 0, "max_size": 1333}),
         "normalization": json.dumps({"mean": [0.5, 0.5], "std": [1, 1, 1]}),
         "categories": json.dumps([{"id": 40, "name": "far", "isthing": 1}]),
+        "query_sparse": json.dumps({"mask_graph": "../elsewhere.onnx"}),
     }
     for key, value in broken.items():
         with pytest.raises(PansegError, match=rf"{model}: metadata '{key}"):
@@ -470,11 +473,15 @@ def test_model_info_reads_the_exported_metadata_and_names_bad_keys(model):
 
 
 def test_detection_models_are_refused_and_static_shapes_are_padded_to_fit(model):
-    with OnnxRuntimeBackend(model, optimized_cache=False) as backend:
+    masks_path = model.with_name("tiny.masks.onnx")  # the default export's mask graph
+    with OnnxRuntimeBackend(model, optimized_cache=False) as backend, \
+            OnnxRuntimeBackend(masks_path, optimized_cache=False) as masks:
         info = parse_model_info(backend.metadata(), str(model))
         with pytest.raises(PansegError, match="detection-only model; panseg-rt infer needs a panoptic model"):
-            check_engine(backend, dataclasses.replace(info, kind="detection"))
-        assert check_engine(backend, info) == EngineShape(None, None, None)  # exported with dynamic shapes
+            check_engine(backend, dataclasses.replace(info, kind="detection"), masks)
+        assert check_engine(backend, info, masks) == EngineShape(None, None, None)  # exported with dynamic shapes
+        with pytest.raises(PansegError, match="its mask graph tiny.masks.onnx must be loaded too"):
+            check_engine(backend, info)
     static = EngineShape(batch=2, height=8, width=10)
     images = np.arange(1 * 3 * 6 * 7, dtype=np.float32).reshape(1, 3, 6, 7) + 1
     fitted, mask = static.fit(images, np.zeros((1, 6, 7), bool))

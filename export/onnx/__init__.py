@@ -1,13 +1,20 @@
 """Checkpoint -> self-describing, verified ONNX model (``python -m export.onnx CKPT``).
 
 Pieces: loading.py (checkpoint -> model, config, categories), graph.py (wrappers and the export itself),
-metadata.py (what the runtime reads from the .onnx), verify.py (checker, TensorRT operators, ONNX Runtime vs eager).
-The file is written atomically and only when verification passes (or is skipped); a model that fails verification
-is kept as ``<name>.failed.onnx`` for inspection, never under the requested name.
+sparse.py (the query-sparse detector + mask graph pair), metadata.py (what the runtime reads from the .onnx),
+verify.py (checker, TensorRT operators, ONNX Runtime vs eager).
+
+A panoptic model is exported query-sparse by default: ``NAME.onnx`` (the detector, whose metadata names its mask
+graph) and ``NAME.masks.onnx`` (the mask head, run by the runtime only on the queries above the threshold); see
+export/onnx/sparse.py for why two graphs. ``full=True`` (``--full``) exports detr's single graph with every query's
+mask instead. Files are written atomically (the mask graph first, so a detector never names a missing file) and only
+under the requested names when verification passes (or is skipped); a model that fails verification is kept as
+``NAME.failed.onnx`` (+ ``NAME.failed.masks.onnx``) for inspection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -15,13 +22,15 @@ from pathlib import Path
 
 from export.onnx.graph import DEFAULT_OPSET, INPUT_NAMES, ShapePolicy, export_full_model
 from export.onnx.loading import LoadedCheckpoint, load_for_export
-from export.onnx.metadata import build_metadata, read_metadata, write_metadata
-from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, Report, Tolerances, verify
+from export.onnx.metadata import add_query_sparse, build_metadata, mask_graph_metadata, read_metadata, write_metadata
+from export.onnx.sparse import DETECTOR_OUTPUTS, MASK_INPUTS, MASK_OUTPUTS, export_sparse_model
+from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, Report, Tolerances, verify, verify_sparse
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
 
-__all__ = ["ExportResult", "ShapePolicy", "Tolerances", "default_output_path", "export_checkpoint", "read_metadata"]
+__all__ = ["ExportResult", "ShapePolicy", "Tolerances", "default_output_path", "export_checkpoint", "mask_graph_path",
+           "read_metadata"]
 
 
 @dataclass
@@ -31,6 +40,7 @@ class ExportResult:
     report: Report | None  # None when verification was skipped
     export_seconds: float
     verify_seconds: float
+    mask_path: Path | None = None  # the query-sparse model's mask graph (None for a single graph)
 
     @property
     def passed(self) -> bool:
@@ -46,6 +56,11 @@ def failed_path(output: Path) -> Path:
     return output.with_name(output.stem + ".failed.onnx")
 
 
+def mask_graph_path(output: Path) -> Path:
+    """The query-sparse mask graph next to its detector: ``NAME.onnx`` -> ``NAME.masks.onnx``."""
+    return output.with_name(output.stem + ".masks.onnx")
+
+
 def verification_is_thing(loaded: LoadedCheckpoint) -> dict[int, bool]:
     """isthing for every class the model can predict; classes missing from the table count as things, so a model
     that predicts them still gets compared (both engines see the same table)."""
@@ -58,8 +73,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
                       opset: int = DEFAULT_OPSET, simplify: bool = True, run_verification: bool = True,
                       verify_images: str | os.PathLike | None = None, verify_sizes: tuple[int, ...] = DEFAULT_SIZES,
                       verify_max_images: int = DEFAULT_MAX_IMAGES, tolerances: Tolerances | None = None,
-                      threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> ExportResult:
-    """Export ``checkpoint`` to ``output`` (default: :func:`default_output_path`) with metadata, verified."""
+                      threshold: float = DEFAULT_THRESHOLD, progress: bool = True, full: bool = False
+                      ) -> ExportResult:
+    """Export ``checkpoint`` to ``output`` (default: :func:`default_output_path`) with metadata, verified.
+
+    A panoptic model becomes the query-sparse pair (``output`` + :func:`mask_graph_path`) unless ``full``."""
     policy = policy or ShapePolicy()
     output = Path(output) if output is not None else default_output_path(checkpoint)
     if output.suffix.lower() != ".onnx":
@@ -72,6 +90,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     if output.resolve() == loaded.path.resolve():
         raise PansegError(f"{output}: would overwrite the checkpoint")
 
+    if loaded.panoptic and not full:
+        return _export_sparse(loaded, output, policy, opset, simplify, run_verification, verify_images, verify_sizes,
+                              verify_max_images, tolerances, threshold, progress)
     started = time.perf_counter()
     model, shapes = export_full_model(loaded.model, loaded.panoptic, policy, opset, simplify)
     output_names = [o.name for o in model.graph.output]
@@ -92,3 +113,43 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     target = output if report is None or report.passed else failed_path(output)
     atomic_write_bytes(target, data)
     return ExportResult(target, loaded, report, export_seconds, verify_seconds)
+
+
+def _export_sparse(loaded: LoadedCheckpoint, output: Path, policy: ShapePolicy, opset: int, simplify: bool,
+                   run_verification: bool, verify_images: str | os.PathLike | None, verify_sizes: tuple[int, ...],
+                   verify_max_images: int, tolerances: Tolerances | None, threshold: float,
+                   progress: bool) -> ExportResult:
+    started = time.perf_counter()
+    detector, masks, detector_shapes, mask_shapes = export_sparse_model(loaded.model, policy, opset, simplify)
+    metadata = build_metadata(
+        config=loaded.config, categories=loaded.categories, categories_source=loaded.categories_source,
+        shapes=detector_shapes, input_names=list(INPUT_NAMES), output_names=list(DETECTOR_OUTPUTS),
+        checkpoint_name=loaded.path.name, checkpoint_sha256=loaded.sha256, opset=opset, simplified=simplify,
+        threshold=threshold, resize_size=loaded.resize[0], resize_max_size=loaded.resize[1])
+
+    def serialize(detector_path: Path, mask_path: Path) -> tuple[bytes, bytes]:
+        """Both graphs with metadata naming each other under these file names."""
+        write_metadata(masks, mask_graph_metadata(detector_path.name, opset))
+        mask_data = masks.SerializeToString()
+        add_query_sparse(metadata, mask_path.name, hashlib.sha256(mask_data).hexdigest(), mask_shapes,
+                         list(MASK_INPUTS), list(MASK_OUTPUTS))
+        write_metadata(detector, metadata)
+        return detector.SerializeToString(), mask_data
+
+    detector_data, mask_data = serialize(output, mask_graph_path(output))
+    export_seconds = time.perf_counter() - started
+
+    report = None
+    started = time.perf_counter()
+    if run_verification:
+        report = verify_sparse(detector, detector_data, masks, mask_data, loaded.model, policy,
+                               verification_is_thing(loaded), verify_images, verify_sizes, verify_max_images,
+                               tolerances, threshold, progress)
+    verify_seconds = time.perf_counter() - started
+    target = output
+    if report is not None and not report.passed:
+        target = failed_path(output)
+        detector_data, mask_data = serialize(target, mask_graph_path(target))
+    atomic_write_bytes(mask_graph_path(target), mask_data)
+    atomic_write_bytes(target, detector_data)
+    return ExportResult(target, loaded, report, export_seconds, verify_seconds, mask_graph_path(target))

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-shape", type=_hw, metavar="HxW", help="fixed input height and width (default: dynamic)")
     p.add_argument("--batch", type=positive_int, help="fixed batch size (default: dynamic)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--full", action="store_true",
+                   help="panoptic: detr's single graph with every query's mask, instead of the default query-sparse "
+                        "pair NAME.onnx (detector) + NAME.masks.onnx (mask head on the kept queries only)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="default score threshold stored in the model (and used by verification)")
     v = p.add_argument_group("verification")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, output, categories_file=args.categories, policy=policy, opset=args.opset,
         simplify=not args.no_simplify, run_verification=not args.no_verify, verify_images=args.verify_images,
         verify_sizes=args.verify_sizes, verify_max_images=args.verify_max_images, tolerances=tolerances,
-        threshold=args.threshold, progress=not args.quiet)
+        threshold=args.threshold, progress=not args.quiet, full=args.full)
     config = result.loaded.config
     kind = "panoptic" if config.masks else "detection-only"
     print(f"{result.loaded.path}: {kind} {config.backbone} model, {config.num_queries} queries, "
@@ -93,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
         if args.report:
             atomic_write_json(args.report, result.report.to_json(), indent=1)
     if not result.passed:
-        print(f"{PROG}: {verdict_line(result.report)}; model kept as {result.path} for inspection", file=sys.stderr)
+        kept = f"{result.path}" + (f" + {result.mask_path}" if result.mask_path else "")
+        print(f"{PROG}: {verdict_line(result.report)}; model kept as {kept} for inspection", file=sys.stderr)
         return 1
-    print(f"wrote {result.path}")
+    print(f"wrote {result.path}" + (f" and its mask graph {result.mask_path}" if result.mask_path else ""))
     return 0
 
 

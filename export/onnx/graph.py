@@ -16,9 +16,9 @@ padding (detr's NestedTensor mask, as runtime.preprocess.pad_batch builds it). b
 what the model computes with (no Cast in the graph, no second convention to get wrong), ONNX Runtime takes numpy bool
 directly, and TensorRT accepts bool network inputs.
 
-To export pieces of the model separately (e.g. a detector graph and a mask graph for query-sparse inference), write
-another small wrapper whose ``forward`` takes and returns plain tensors and call :func:`export_module` with its
-names and dynamic axes.
+To export pieces of the model separately, write another small wrapper whose ``forward`` takes and returns plain
+tensors and call :func:`export_module` with its names and dynamic axes, as export/onnx/sparse.py does for the
+query-sparse detector and mask graphs (the default for panoptic models; :func:`export_full_model` is ``--full``).
 """
 
 from __future__ import annotations

@@ -31,12 +31,25 @@ _DESCRIPTIONS = {
     "pred_logits": "class logits; the last one is 'no object'; index = category id",
     "pred_boxes": "cx, cy, w, h in [0, 1] of each image's unpadded region",
     "pred_masks": "mask logits at stride 4 of the padded batch: ceil(H/4) x ceil(W/4)",
+    "hs": "last decoder layer's output per query (query-sparse detector: the mask graph's hs_kept rows)",
+    "attn_keys": "key projection (bbox_attention.k_linear) of the encoder memory, at the backbone's stride 32",
+    "memory_mask": "bool, True on padding, at the backbone's stride 32",
+    "lay1_image": "image-feature half of the mask head's first conv plus its bias (same for every query)",
+    "fpn_s16": "mask head adapter1 on the stride-16 backbone feature",
+    "fpn_s8": "mask head adapter2 on the stride-8 backbone feature",
+    "fpn_s4": "mask head adapter3 on the stride-4 backbone feature (its size is the mask size)",
+    "hs_kept": "hs rows of the kept queries, image by image",
+    "image_index": "int64, the batch image each kept query belongs to",
+    "masks_kept": "mask logits of the kept queries at stride 4 of the padded batch",
 }
 _LAYOUTS = {
     "images": "NCHW", "padding_mask": "NHW", "pred_logits": "N,queries,classes+1", "pred_boxes": "N,queries,4",
-    "pred_masks": "N,queries,H/4,W/4",
+    "pred_masks": "N,queries,H/4,W/4", "hs": "N,queries,D", "attn_keys": "NCHW", "memory_mask": "NHW",
+    "lay1_image": "NCHW", "fpn_s16": "NCHW", "fpn_s8": "NCHW", "fpn_s4": "NCHW", "hs_kept": "kept,D",
+    "image_index": "kept", "masks_kept": "kept,H/4,W/4",
 }
-_DTYPES = {"padding_mask": "bool"}
+_DTYPES = {"padding_mask": "bool", "memory_mask": "bool", "image_index": "int64"}
+SPARSE_METADATA_VERSION = 2  # a query-sparse model: older runtimes cannot run it and must say so
 
 
 def _version(dist: str) -> str | None:
@@ -78,6 +91,25 @@ def build_metadata(*, config: DETRConfig, categories: Mapping[int, Category], ca
     if config.masks:
         meta["mask_stride"] = MASK_STRIDE
     return meta
+
+
+def add_query_sparse(meta: dict[str, Any], mask_graph_file: str, mask_graph_sha256: str,
+                     mask_shapes: Mapping[str, Any], mask_inputs: list[str], mask_outputs: list[str]) -> None:
+    """Mark a detector graph's metadata as query-sparse: the runtime finds its mask graph by this file name."""
+    meta["panseg_metadata_version"] = SPARSE_METADATA_VERSION
+    meta["query_sparse"] = {
+        "mask_graph": mask_graph_file,
+        "mask_graph_sha256": mask_graph_sha256,
+        "inputs": tensor_info(mask_shapes, mask_inputs),
+        "outputs": tensor_info(mask_shapes, mask_outputs),
+        "selection": "runtime: select_queries on pred_logits at the run's threshold, then the mask graph on the kept "
+                     "(image, query) pairs of the whole batch",
+    }
+
+
+def mask_graph_metadata(detector_file: str, opset: int) -> dict[str, Any]:
+    """The mask graph's own metadata: only what it is part of (it is never run on its own)."""
+    return {"panseg_mask_graph_of": detector_file, "exporter": {"tool": EXPORTER, "opset": opset}}
 
 
 def write_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
