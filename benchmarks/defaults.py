@@ -1,0 +1,139 @@
+"""The benchmark's defaults when the user gives no model or no photos: detr's R50 panoptic architecture on real photos.
+
+Photos: a few of scikit-image's bundled photographs (astronaut, coffee, chelsea, rocket), written as JPEG so the timed
+decode is a real JPEG decode.
+
+Model: random weights give valid *latency* (same shapes, same ops) but meaningless *accuracy*. A randomly initialised
+DETR is also degenerate in a way that would make the benchmark dishonest: its 100 decoder outputs are nearly
+identical, so either no query passes the threshold (post-processing costs nothing) or all do, and every pixel's
+argmax over queries is decided by float rounding, so two correct engines "disagree". :func:`make_non_degenerate`
+therefore sets the model up deliberately:
+
+- the query embeddings are scaled up, so the decoder outputs of different queries really differ;
+- the class head maps those outputs, through fixed random directions, to confident votes among a few COCO thing and
+  stuff categories, and its "no object" bias is calibrated on the photos so that about ``target_kept`` (default 20)
+  queries per image pass the threshold: the post-processing then does the work it does for a trained model;
+- the mask attention is sharpened and the mask head's first layer reads only the query's attention maps (its weights
+  on the shared image features are zeroed; the later FPN layers still add image structure), so each query's mask
+  differs clearly from the others' instead of near-ties decided by rounding.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from runtime.categories import categories_to_json
+from runtime.coco_categories import coco_panoptic_categories
+from runtime.postprocess import DEFAULT_THRESHOLD, select_queries
+from train.checkpoint import save_checkpoint
+from train.datasets.collate import pad_images
+from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
+from train.models import DETRConfig, build_model
+
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+RANDOM_MODEL_NOTE = ("RANDOM WEIGHTS (no --checkpoint): latency is valid, accuracy is meaningless; the model was made "
+                     "deliberately non-degenerate (scaled query embeddings, a calibrated class head keeping ~{kept} "
+                     "queries per image, scaled mask attention) so post-processing and agreement are exercised "
+                     "honestly")
+CALIBRATION_SIZE = 320  # shorter side the class head is calibrated at (cheap; kept counts barely depend on it)
+QUERY_SCALE = 8.0
+CLASS_GAIN = 8.0
+NO_OBJECT_GAIN = 4.0
+N_THINGS, N_STUFF = 6, 4
+
+
+def write_default_photos(folder: str | Path, names: Sequence[str] = SKIMAGE_PHOTOS, quality: int = 90) -> list[Path]:
+    """scikit-image's photographs ``names`` as RGB JPEGs in ``folder``."""
+    import skimage.data
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        pixels = np.asarray(getattr(skimage.data, name)())
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[..., None], 3, axis=-1)
+        path = folder / f"{name}.jpg"
+        Image.fromarray(pixels[..., :3].astype(np.uint8)).save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+def _eval_batch(paths: Sequence[Path], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    transform = Compose([RandomResize([size], max_size=round(size * 1333 / 800)), ToTensor(), Normalize()])
+    tensors = [transform(Image.open(p).convert("RGB"), None)[0] for p in paths]
+    return pad_images(tensors)
+
+
+def _standardized_direction(hs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random direction v and bias b with v . h + b of mean 0 and std 1 over the calibration queries ``hs``."""
+    v = torch.randn(hs.shape[-1], generator=generator)
+    projection = hs @ v
+    std = projection.std().clamp_min(1e-6)
+    return v / std, -projection.mean() / std
+
+
+@torch.no_grad()
+def make_non_degenerate(model: nn.Module, photos: Sequence[Path], target_kept: int = 20,
+                        threshold: float = DEFAULT_THRESHOLD, seed: int = 0) -> dict[str, float]:
+    """Set up a random DETRsegm as the module docstring says; returns what calibration found (for the report)."""
+    generator = torch.Generator().manual_seed(seed)
+    detr = model.detr
+    detr.query_embed.weight.mul_(QUERY_SCALE)
+    model.bbox_attention.q_linear.weight.mul_(5.0)  # peakier attention maps: each query looks somewhere else
+    model.mask_head.lay1.weight[:, :detr.transformer.d_model] = 0.0  # the first mask layer sees only the query's maps
+    for adapter in (model.mask_head.adapter1, model.mask_head.adapter2, model.mask_head.adapter3):
+        adapter.weight.mul_(0.05)  # the shared FPN features refine the per-query maps instead of drowning them
+
+    images, mask = _eval_batch(photos, CALIBRATION_SIZE)
+    hs = model.forward_detector(images, mask)["hs"]  # B x Q x D; the class head does not change it
+    table = coco_panoptic_categories()
+    things = [c.id for c in table.values() if c.isthing][:N_THINGS]
+    stuff = [c.id for c in table.values() if not c.isthing][:N_STUFF]
+    head = detr.class_embed
+    no_object = head.weight.shape[0] - 1
+    head.weight.zero_()
+    head.bias.fill_(-30.0)  # classes that are not voted for never win
+    for category in things + stuff:
+        v, b = _standardized_direction(hs, generator)
+        head.weight[category] = CLASS_GAIN * v
+        head.bias[category] = CLASS_GAIN * b
+    u, c = _standardized_direction(hs, generator)
+    head.weight[no_object] = -NO_OBJECT_GAIN * u
+
+    def mean_kept(bias: float) -> float:
+        head.bias[no_object] = -NO_OBJECT_GAIN * c + bias
+        logits = head(hs).numpy()
+        return float(np.mean([select_queries(image_logits, threshold)[0].size for image_logits in logits]))
+
+    low, high = -50.0, 50.0  # kept count falls as the no-object bias rises
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_kept(middle) > target_kept else (low, middle)
+    kept = mean_kept(high)
+    return {"target_kept": target_kept, "calibrated_kept": kept, "calibration_size": CALIBRATION_SIZE,
+            "no_object_bias": float(high), "things": things, "stuff": stuff}
+
+
+def make_random_checkpoint(path: str | Path, photos: Sequence[Path], config: DETRConfig | None = None,
+                           target_kept: int = 20, seed: int = 0) -> dict[str, float]:
+    """A random, deliberately non-degenerate DETR-R50 panoptic checkpoint (COCO panoptic categories) at ``path``."""
+    torch.manual_seed(seed)
+    config = config or DETRConfig()
+    model = build_model(config).eval()
+    calibration = make_non_degenerate(model, photos, target_kept, seed=seed)
+    save_checkpoint(path, {"model": model.state_dict(), "config": config.to_dict(),
+                           "categories": categories_to_json(coco_panoptic_categories()),
+                           "note": RANDOM_MODEL_NOTE.format(kept=target_kept)})
+    return calibration
+
+
+def temporary_folder(prefix: str = "panseg-latency-") -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix=prefix)

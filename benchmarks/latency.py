@@ -1,0 +1,288 @@
+"""End-to-end latency of every available backend against PyTorch eager, same photos, same run, same threads.
+
+    python -m benchmarks.latency --out bench/latency                     # DETR-R50 (random weights) on photos
+    python -m benchmarks.latency --checkpoint ckpt.pth --images DIR --out DIR [--onnx model.onnx]
+        [--engine model.plan] [--backends eager,onnxruntime,tensorrt] [--size 800] [--batch 1,2]
+        [--warmup N --iterations N] [--threads N]
+
+Backends (benchmarks/pipelines.py): eager (PyTorch + detr's PostProcessPanoptic), onnxruntime (the runtime's infer
+path on the exported model, CPU), onnxruntime-cuda / onnxruntime-tensorrt (ONNX Runtime GPU providers) and tensorrt
+(a .plan); those that cannot run here are listed in the report as skipped, with the reason. Without --onnx the
+checkpoint is exported (and verified) first. Calls are interleaved round-robin (benchmarks/interleave.py). The report
+(report.md, report.json, two PNGs) is described in benchmarks/report.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import defaults, hardware
+from benchmarks.agreement import agreement
+from benchmarks.flops import count_call_flops
+from benchmarks.interleave import image_groups, run_interleaved
+from benchmarks.pipelines import (
+    BACKENDS,
+    EagerPipeline,
+    ResizeSettings,
+    build_runtime_pipeline,
+    unavailable_reason,
+)
+from benchmarks.report import JSON_VERSION, add_speedups, markdown, result_row, warnings_for, write_report
+from export.onnx import export_checkpoint
+from export.onnx.loading import LoadedCheckpoint, load_for_export
+from runtime.backends import select_backend
+from runtime.errors import PansegError
+from runtime.infer import IMAGE_EXTENSIONS
+from runtime.model_info import ModelInfo, parse_model_info
+from runtime.postprocess import DEFAULT_THRESHOLD
+from train.datasets.collate import pad_images
+from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
+
+VERIFY_MAX_IMAGES = 2
+
+
+def _positive_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _backend_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {unknown or text!r}; choose from {', '.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path,
+                   help="model checkpoint (default: DETR-R50 panoptic with random, deliberately non-degenerate "
+                        "weights)")
+    p.add_argument("--images", type=Path, help="folder of photos (default: scikit-image's astronaut, coffee, chelsea, "
+                                               "rocket as JPEG)")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--onnx", type=Path, help="exported model to run (default: export the checkpoint into --out)")
+    p.add_argument("--full", action="store_true", help="when exporting: detr's single graph instead of query-sparse")
+    p.add_argument("--engine", type=Path, help="TensorRT .plan for the tensorrt backend")
+    p.add_argument("--backends", type=_backend_list, default=list(BACKENDS),
+                   help=f"comma-separated, from {', '.join(BACKENDS)} (default: all; unavailable ones are skipped "
+                        "with a note)")
+    p.add_argument("--size", type=int, help="resize shorter side (default: the model's own policy, 800 for detr)")
+    p.add_argument("--max-size", type=int,
+                   help="longer side limit (default: the model's, scaled by --size like detr's 800/1333)")
+    p.add_argument("--batch", type=_positive_list, default=[1], help="batch sizes, e.g. 1,2 (default: 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations over all batches (default: 1)")
+    p.add_argument("--iterations", type=int, default=10, help="timed iterations over all batches (default: 10)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help=f"torch and ONNX Runtime intra-op threads (default: {torch.get_num_threads()})")
+    p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the fp32 peak measurement")
+    p.add_argument("--target-kept", type=int, default=20,
+                   help="random model only: queries per image above the threshold (default: 20)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("iterations", "threads", "peak_size", "target_kept"):
+        if getattr(args, name) < 1:
+            raise PansegError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise PansegError(f"--warmup must be at least 0, got {args.warmup}")
+    if args.size is not None and args.size < 1:
+        raise PansegError(f"--size must be at least 1, got {args.size}")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--onnx", args.onnx), ("--engine", args.engine)):
+        if path is not None and not path.is_file():
+            raise PansegError(f"{path}: {flag} file not found")
+    if args.images is not None and not args.images.is_dir():
+        raise PansegError(f"{args.images}: --images must be a folder of photos")
+
+
+def list_photos(folder: Path) -> list[Path]:
+    photos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not photos:
+        raise PansegError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return photos
+
+
+def resize_settings(args: argparse.Namespace, loaded: LoadedCheckpoint, info: ModelInfo | None) -> ResizeSettings:
+    """The model's own resize policy (export metadata, else the checkpoint's), unless --size/--max-size say other."""
+    size, max_size = (info.resize.size, info.resize.max_size) if info is not None else loaded.resize
+    threshold = info.threshold if info is not None else DEFAULT_THRESHOLD
+    if args.size is not None and args.size != size:
+        max_size = None if max_size is None else max(args.size, round(max_size * args.size / size))
+        size = args.size
+    if args.max_size is not None:
+        max_size = args.max_size
+    if max_size is not None and max_size < size:
+        raise PansegError(f"--max-size {max_size} is below the shorter side {size}")
+    return ResizeSettings(size, max_size, threshold)
+
+
+def eager_batch(paths: list[Path], settings: ResizeSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    transform = Compose([RandomResize([settings.size], max_size=settings.max_size), ToTensor(), Normalize()])
+    from train.datasets.coco import open_rgb
+
+    return pad_images([transform(open_rgb(p), None)[0] for p in paths])
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    _check_args(args)
+    torch.set_num_threads(args.threads)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(defaults.temporary_folder()))
+        photos = list_photos(args.images) if args.images else defaults.write_default_photos(scratch / "photos")
+        model_record: dict[str, Any] = {"checkpoint": str(args.checkpoint) if args.checkpoint else None}
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            checkpoint = scratch / "detr_r50_random.pth"
+            print("building DETR-R50 panoptic with random weights (no --checkpoint) ...", file=sys.stderr)
+            model_record["random_init"] = defaults.make_random_checkpoint(checkpoint, photos,
+                                                                          target_kept=args.target_kept)
+            notes.append(defaults.RANDOM_MODEL_NOTE.format(kept=args.target_kept))
+        rss_before_model = hardware.current_rss()
+        loaded = load_for_export(checkpoint)
+        eager_load_rss = hardware.current_rss() - rss_before_model
+        model_record["config"] = loaded.config.to_dict()
+
+        selected = {name: BACKENDS[name] for name in args.backends}
+        skipped = {name: reason for name, spec in selected.items()
+                   if (reason := unavailable_reason(spec, args.engine)) is not None}
+        onnx_path = args.onnx
+        needs_onnx = any(s.model_file == "onnx" and s.runtime_backend and n not in skipped for n, s in selected.items())
+        if onnx_path is None and needs_onnx:
+            onnx_path = out / "model.onnx"
+            print(f"exporting {checkpoint.name} -> {onnx_path} (verified) ...", file=sys.stderr)
+            started = time.perf_counter()
+            exported = export_checkpoint(checkpoint, onnx_path, verify_images=photos[0].parent,
+                                         verify_max_images=VERIFY_MAX_IMAGES, progress=not args.quiet, full=args.full)
+            if not exported.passed:
+                raise PansegError(f"{exported.path}: the export failed verification; see python -m export.onnx "
+                                  f"{checkpoint} --report FILE.json")
+            model_record["export_seconds"] = time.perf_counter() - started
+        info = None
+        if onnx_path is not None:
+            with select_backend(onnx_path, "onnxruntime") as probe:
+                info = parse_model_info(probe.metadata(), str(onnx_path))
+            model_record.update(onnx=str(onnx_path), mask_graph=info.mask_graph,
+                                export="query-sparse" if info.mask_graph else "full (single graph)")
+        settings = resize_settings(args, loaded, info)
+
+        pipelines: dict[str, Any] = {}
+        backend_records: dict[str, dict[str, Any]] = {}
+        for name, spec in selected.items():
+            record = {"description": spec.description, "status": "skipped", "note": skipped.get(name),
+                      "copies": "-", "flops": "-", "load_rss_mb": 0.0}
+            backend_records[name] = record
+            if name in skipped:
+                continue
+            before = hardware.current_rss()
+            if spec.runtime_backend is None:
+                pipeline = EagerPipeline(loaded.model, {c.id: bool(c.isthing) for c in loaded.categories.values()},
+                                         settings, info.mask_stride if info else 4)
+            else:
+                pipeline = build_runtime_pipeline(spec, onnx_path, args.engine, args.threads, settings)
+                stack.callback(pipeline.close)
+            pipelines[name] = pipeline
+            loaded_rss = eager_load_rss if spec.runtime_backend is None else hardware.current_rss() - before
+            record.update(status="ran", note=None, copies=pipeline.copies, flops=pipeline.flops_kind,
+                          load_rss_mb=loaded_rss / 2**20)
+        if not pipelines:
+            raise PansegError("no backend can run here: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+
+        print("measuring the fp32 matmul peak ...", file=sys.stderr)
+        peak = hardware.matmul_peak(args.threads, args.peak_size)
+        rows = []
+        flops_record = {}
+        for batch in args.batch:
+            groups = image_groups(photos, batch)
+            counted = [count_call_flops(loaded.model, *eager_batch(g, settings), settings.threshold) for g in groups]
+            flops_record[str(batch)] = [vars(c) for c in counted]
+            with hardware.RssSampler() as sampler:
+                runs = run_interleaved(pipelines, groups, args.iterations, args.warmup, not args.quiet,
+                                       f"batch {batch}")
+            for name, result in runs.items():
+                kind = pipelines[name].flops_kind
+                flops = [getattr(c, kind) for c in counted]
+                row = result_row(name, batch, result, flops, peak["flops_per_second"],
+                                 sampler.peak_within([s.window for s in result.samples]))
+                reference = runs["eager"].results if "eager" in runs else None
+                row["agreement"] = (agreement([r for g in reference for r in g], [r for g in result.results for r in g],
+                                              loaded.categories) if reference is not None else None)
+                rows.append(row)
+        add_speedups(rows)
+        if "eager" not in pipelines:
+            notes.append("eager did not run: no speedups or agreement")
+        if args.checkpoint is None:
+            notes.append("agreement is meaningful here only because the random model was made non-degenerate "
+                         "(see benchmarks/defaults.py); use a trained checkpoint for accuracy")
+        machine = hardware.machine()
+        report = {
+            "json_version": JSON_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.latency", *argv]),
+            "notes": notes,
+            "warnings": warnings_for(rows),
+            "machine": machine,
+            "versions": hardware.versions(),
+            "model": model_record,
+            "settings": {"size": settings.size, "max_size": settings.max_size, "threshold": settings.threshold,
+                         "threads": args.threads, "warmup": args.warmup, "iterations": args.iterations,
+                         "batches": args.batch, "images": [_describe(p) for p in photos],
+                         "order": "round-robin per (iteration, batch of images), order rotated each time",
+                         "timed": "image file -> panoptic result (decode, resize, normalize, pad, model, merge)"},
+            "peak": peak,
+            "flops": {"method": "torch.utils.flop_counter.FlopCounterMode on the eager forward (matmul/conv, 2 per "
+                                "multiply-add); sparse = detector + kept queries' share of the mask head",
+                      "per_batch": flops_record},
+            "memory": {"process_peak_rss_mb": hardware.process_peak_rss() / 2**20,
+                       "gpu": ("not measured by this benchmark yet" if any(
+                           n != "eager" and backend_records[n]["copies"].startswith("host") for n in pipelines)
+                           else "not applicable: no GPU backend ran")},
+            "backends": backend_records,
+            "results": rows,
+        }
+    write_report(report, out)
+    return report
+
+
+def _describe(path: Path) -> dict[str, str]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return {"name": path.name, "size": f"{im.width}x{im.height}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args, argv)
+    except PansegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(markdown(report).split("## Stages")[0])
+    print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""One end-to-end runner per backend: image files in, panoptic results and per-stage seconds out.
+
+Every runner does the whole job a user's program does for a batch of photos: decode + resize + normalize + pad
+("preprocess"), the model ("engine"), and the panoptic merge at the original size ("postprocess"); the timed total is
+measured around all three, separately from the stages, so the report can show that they add up.
+
+- ``eager``: what a detr user runs: PIL decode, torchvision's functional resize/to_tensor/normalize in detr's eval
+  transform (train.datasets.transforms), detr's padding, ``model(images, mask)`` under ``torch.inference_mode``, and
+  :class:`train.postprocess.PostProcessPanoptic` (detr's semantics).
+- the runtime runners: exactly what ``panseg-rt infer`` runs (runtime.infer.Pipeline: runtime.preprocess, the backend
+  chosen by runtime.backends.select_backend, runtime.postprocess / runtime.sparse), on whatever the export produced
+  (the query-sparse pair by default, detr's single graph with ``--full``). For TensorRT the engine stage includes the
+  host<->device copies (the backend copies inside ``infer``).
+
+``BACKENDS`` is the table of what can be benchmarked; another variant (e.g. "onnxruntime-full" on a ``--full``
+export) is one more entry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.backends import select_backend
+from runtime.errors import PansegError
+from runtime.infer import InferOptions, Pipeline, check_engine
+from runtime.model_info import ModelInfo, parse_model_info
+from runtime.outputs import ImageJob
+from runtime.postprocess import PanopticResult
+from runtime.sparse import mask_graph_path
+from train.datasets.coco import open_rgb
+from train.datasets.collate import pad_images
+from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
+from train.postprocess import PostProcessPanoptic
+
+STAGES = ("preprocess", "engine", "postprocess")
+
+
+@dataclass
+class CallResult:
+    """One timed call on a batch of images: wall seconds of the whole, of each stage, and the results."""
+
+    total: float
+    stages: dict[str, float]
+    results: list[PanopticResult]
+    started: float = 0.0  # perf_counter at the start (for the memory sampler's windows)
+
+
+@dataclass(frozen=True)
+class ResizeSettings:
+    """detr's eval resize (shorter side, longer side limit) and the score threshold, shared by all runners."""
+
+    size: int
+    max_size: int | None
+    threshold: float
+
+
+class _StageClock:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.perf_counter()
+        self.started = self._last
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = now - self._last
+        self._last = now
+
+
+class EagerPipeline:
+    """PyTorch eager, as a detr user runs it (see the module docstring)."""
+
+    name = "eager"
+    flops_kind = "full"  # every query's mask is computed
+    copies = "not applicable (CPU)"
+
+    def __init__(self, model: nn.Module, is_thing: dict[int, bool], settings: ResizeSettings, mask_stride: int
+                 ) -> None:
+        self.model = model.eval()
+        self.transform = Compose([RandomResize([settings.size], max_size=settings.max_size), ToTensor(), Normalize()])
+        self.postprocess = PostProcessPanoptic(is_thing, threshold=settings.threshold, mask_stride=mask_stride)
+
+    def __call__(self, paths: Sequence[Path]) -> CallResult:
+        clock = _StageClock()
+        pictures = [open_rgb(p) for p in paths]
+        tensors = [self.transform(picture, None)[0] for picture in pictures]
+        images, mask = pad_images(tensors)
+        processed = [tuple(t.shape[-2:]) for t in tensors]
+        originals = [(p.height, p.width) for p in pictures]
+        clock.lap("preprocess")
+        with torch.inference_mode():
+            outputs = self.model(images, mask)
+        clock.lap("engine")
+        results = self.postprocess(outputs, processed, originals)
+        clock.lap("postprocess")
+        return CallResult(sum(clock.stages.values()), clock.stages, results, clock.started)
+
+    def close(self) -> None:
+        pass
+
+
+class RuntimePipeline:
+    """The runtime's own infer path on an exported model (ONNX Runtime with some providers, or TensorRT)."""
+
+    def __init__(self, name: str, engine: Path, backend: str, backend_options: dict[str, Any],
+                 settings: ResizeSettings) -> None:
+        self.name = name
+        self._stack = ExitStack()
+        try:
+            loaded = self._stack.enter_context(select_backend(engine, backend, **backend_options))
+            self.info: ModelInfo = parse_model_info(loaded.metadata(), str(engine))
+            mask_backend = None
+            if self.info.mask_graph is not None:
+                mask_path = mask_graph_path(engine, self.info.mask_graph)
+                mask_backend = self._stack.enter_context(select_backend(mask_path, backend, **backend_options))
+            shape = check_engine(loaded, self.info, mask_backend)
+        except BaseException:
+            self._stack.close()
+            raise
+        self.backend = loaded
+        options = InferOptions(threshold=settings.threshold, size=settings.size, max_size=settings.max_size,
+                               progress=False, prefetch=False)
+        self.pipeline = Pipeline(loaded, self.info, options, shape, mask_backend)
+        self.flops_kind = "sparse" if mask_backend is not None else "full"
+        self.copies = ("host<->device copies included in the engine stage" if backend == "tensorrt"
+                       or any(p != "CPUExecutionProvider" for p in getattr(loaded, "providers", []))
+                       else "not applicable (CPU)")
+
+    def __call__(self, paths: Sequence[Path]) -> CallResult:
+        clock = _StageClock()
+        jobs = [ImageJob(Path(p), k, f"{Path(p).stem}.png") for k, p in enumerate(paths)]
+        batch = self.pipeline.prepare(jobs)
+        if batch.failures:
+            raise PansegError(str(batch.failures[0]))
+        clock.lap("preprocess")
+        logits, masks = self.pipeline.run_engine(batch)
+        clock.lap("engine")
+        results = [self.pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k])
+                   for k in range(len(batch.jobs))]
+        clock.lap("postprocess")
+        return CallResult(sum(clock.stages.values()), clock.stages, results, clock.started)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+# ------------------------------------------------------------------------------------------------------ the table
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A benchmarkable backend: which runtime backend and providers, and which model file it runs."""
+
+    name: str
+    description: str
+    runtime_backend: str | None = None  # None: PyTorch eager
+    providers: tuple[str, ...] = ()
+    model_file: str = "onnx"  # "onnx" (--onnx or the export) or "engine" (--engine)
+    requires: tuple[str, ...] = field(default=())  # python modules that must be importable
+
+
+BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
+    BackendSpec("eager", "PyTorch eager + detr's PostProcessPanoptic"),
+    BackendSpec("onnxruntime", "ONNX Runtime, CPU provider, the runtime's infer path", "onnxruntime", ("cpu",)),
+    BackendSpec("onnxruntime-cuda", "ONNX Runtime, CUDA provider", "onnxruntime", ("cuda",)),
+    BackendSpec("onnxruntime-tensorrt", "ONNX Runtime, TensorRT provider", "onnxruntime", ("tensorrt",)),
+    BackendSpec("tensorrt", "TensorRT engine (.plan), the runtime's TensorRT backend", "tensorrt",
+                model_file="engine", requires=("tensorrt",)),
+)}
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+
+
+def unavailable_reason(spec: BackendSpec, engine: Path | None) -> str | None:
+    """Why ``spec`` cannot run here (a note for the report), or None when it can."""
+    missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"python module {', '.join(missing)} not installed (needs an NVIDIA GPU machine)"
+    if spec.model_file == "engine" and engine is None:
+        return "no --engine given (build one with python -m export.tensorrt)"
+    if spec.runtime_backend == "onnxruntime":
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        absent = [PROVIDER_NAMES[p] for p in spec.providers if PROVIDER_NAMES[p] not in available]
+        if absent:
+            return (f"{', '.join(absent)} not in this onnxruntime {onnxruntime.__version__} "
+                    f"(available: {', '.join(available)})")
+    return None
+
+
+def build_runtime_pipeline(spec: BackendSpec, onnx_path: Path, engine: Path | None, threads: int,
+                           settings: ResizeSettings) -> RuntimePipeline:
+    """Load ``spec``'s model with the same thread count the eager run uses."""
+    if spec.runtime_backend == "onnxruntime":
+        options: dict[str, Any] = {"providers": spec.providers, "intra_op_threads": threads}
+        return RuntimePipeline(spec.name, onnx_path, "onnxruntime", options, settings)
+    assert engine is not None
+    return RuntimePipeline(spec.name, engine, "tensorrt", {}, settings)

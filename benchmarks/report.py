@@ -1,0 +1,213 @@
+"""report.json (every number), report.md (the tables a reader wants) and two PNG plots, all written atomically.
+
+Each row of ``results`` is one (backend, batch size). Definitions, so the JSON can be checked against itself:
+
+- ``latency_ms``: runtime.bench.latency_stats of the per-call wall times (one call = one batch, file to panoptic
+  result), plus ``p50`` (= median); percentiles by numpy's linear interpolation.
+- ``throughput_images_per_s`` = batch * 1000 / mean latency.
+- ``stages_ms``: mean seconds per stage x 1000; ``stage_sum_ms`` their sum (about the mean latency; the rest is call
+  overhead).
+- ``speedup_vs_eager`` = eager's mean latency / this mean latency, same batch size, same run.
+- ``flops_per_call``: mean over the image batches of the counted FLOPs (benchmarks/flops.py; the query-sparse count for
+  a query-sparse export); ``achieved_flops_per_second`` = flops_per_call / (engine stage mean in seconds);
+  ``share_of_peak`` = achieved / the measured matmul peak.
+- ``cv_same_input``: the largest coefficient of variation among calls on the *same* batch of images (the overall CV
+  also contains the differences between photos); above 5% the row is flagged unstable.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.interleave import PipelineRun
+from benchmarks.pipelines import STAGES
+from runtime.atomic import atomic_write_bytes, atomic_write_json
+from runtime.bench import PERCENTILE_METHOD, UNSTABLE_CV, latency_stats
+
+JSON_VERSION = 1
+LATENCY_PLOT = "latency_distribution.png"
+STAGES_PLOT = "stages.png"
+
+
+def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequence[int], peak: float,
+               peak_rss: int | None) -> dict[str, Any]:
+    """The numbers of one (backend, batch) from its samples (speedup and agreement are added by the caller)."""
+    totals_ms = np.array([s.total * 1e3 for s in run.samples])
+    stats = latency_stats(totals_ms).to_json()
+    stats["p50"] = stats["median"]
+    stages = {stage: float(np.mean([s.stages[stage] for s in run.samples]) * 1e3) for stage in STAGES}
+    by_group: dict[int, list[float]] = {}
+    for s in run.samples:
+        by_group.setdefault(s.group, []).append(s.total * 1e3)
+    cv_same = max(latency_stats(v).cv for v in by_group.values())
+    flops = float(np.mean(flops_per_group))
+    achieved = flops / (stages["engine"] / 1e3)
+    return {
+        "backend": backend,
+        "batch": batch,
+        "calls": len(run.samples),
+        "latency_ms": stats,
+        "throughput_images_per_s": batch * 1e3 / stats["mean"],
+        "stages_ms": stages,
+        "stage_sum_ms": sum(stages.values()),
+        "flops_per_call": flops,
+        "achieved_flops_per_second": achieved,
+        "share_of_peak": achieved / peak,
+        "peak_rss_mb": None if peak_rss is None else peak_rss / 2**20,
+        "cv_same_input": cv_same,
+        "unstable": bool(cv_same > UNSTABLE_CV),
+        "samples_ms": totals_ms.tolist(),
+    }
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """``speedup_vs_eager`` per row: eager's mean / the row's mean at the same batch (None without an eager row)."""
+    eager = {r["batch"]: r["latency_ms"]["mean"] for r in rows if r["backend"] == "eager"}
+    for r in rows:
+        base = eager.get(r["batch"])
+        r["speedup_vs_eager"] = None if base is None else base / r["latency_ms"]["mean"]
+
+
+def warnings_for(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    found = []
+    for r in rows:
+        if r["unstable"]:
+            found.append(f"timings unstable: {r['backend']} batch {r['batch']}: coefficient of variation "
+                         f"{r['cv_same_input']:.1%} on the same input (> {UNSTABLE_CV:.0%}); the machine was busy or "
+                         "the run too short")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------ markdown
+
+
+def _ms(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _flops(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} "
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    rows = report["results"]
+    s = report["settings"]
+    out = ["# Latency: panseg backends against PyTorch eager", ""]
+    for note in report["notes"]:
+        out += [f"> **{note}**" if "RANDOM" in note else f"> {note}", ""]
+    for warning in report["warnings"]:
+        out += [f"> WARNING: {warning}", ""]
+    out += [f"Command: `{report['command']}`", "",
+            f"Images: {', '.join(i['name'] + ' ' + i['size'] for i in s['images'])}; resize shorter side {s['size']}, "
+            f"longer at most {s['max_size']}; threshold {s['threshold']}; {s['threads']} threads (torch and ONNX "
+            f"Runtime intra-op); {s['warmup']} warmup + {s['iterations']} timed iterations over every batch, "
+            f"backends interleaved round-robin with rotating order.", ""]
+    out += ["## End-to-end latency (image file -> panoptic result), ms per call", ""]
+    out += _table(["backend", "batch", "mean", "p50", "p90", "p95", "p99", "min", "max", "images/s",
+                   "speedup vs eager", "CV same input"],
+                  [[r["backend"], r["batch"], *(_ms(r["latency_ms"][k]) for k in
+                                                ("mean", "p50", "p90", "p95", "p99", "min", "max")),
+                    f"{r['throughput_images_per_s']:.2f}",
+                    "-" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x",
+                    f"{r['cv_same_input']:.1%}" + (" (unstable)" if r["unstable"] else "")] for r in rows])
+    out += ["## Stages, mean ms per call", ""]
+    out += _table(["backend", "batch", *STAGES, "sum of stages", "mean total", "H2D/D2H"],
+                  [[r["backend"], r["batch"], *(_ms(r["stages_ms"][k]) for k in STAGES), _ms(r["stage_sum_ms"]),
+                    _ms(r["latency_ms"]["mean"]), report["backends"][r["backend"]]["copies"]] for r in rows])
+    peak = report["peak"]
+    out += ["## Compute: FLOPs and share of this machine's fp32 peak", "",
+            f"Measured peak: {_flops(peak['flops_per_second'])}FLOP/s ({peak['method']}, {peak['threads']} threads)."
+            " FLOPs: torch.utils.flop_counter on the eager forward at each batch's shape (matmuls and convolutions);"
+            " a query-sparse backend is credited with the detector plus its kept queries' masks only.", ""]
+    out += _table(["backend", "batch", "FLOPs per call", "counted as", "engine ms", "achieved FLOP/s", "share of peak"],
+                  [[r["backend"], r["batch"], _flops(r["flops_per_call"]), report["backends"][r["backend"]]["flops"],
+                    _ms(r["stages_ms"]["engine"]), _flops(r["achieved_flops_per_second"]),
+                    f"{r['share_of_peak']:.1%}"] for r in rows])
+    out += ["## Agreement with eager (eager's output as ground truth)", ""]
+    out += _table(["backend", "batch", "pixel agreement", "same segments", "PQ vs eager", "segments (eager / backend)"],
+                  [[r["backend"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",
+                    f"{r['agreement']['same_segments']:.2f}", f"{r['agreement']['pq']:.4f}",
+                    f"{r['agreement']['segments_reference']} / {r['agreement']['segments_backend']}"] for r in rows])
+    memory = report["memory"]
+    out += ["## Memory", "",
+            f"Process peak RSS (all backends in one process): {memory['process_peak_rss_mb']:.0f} MB. "
+            f"GPU memory: {memory['gpu']}.", ""]
+    out += _table(["backend", "batch", "peak RSS during its calls (MB)",
+                   "RSS added by loading it (MB; eager: the checkpoint)"],
+                  [[r["backend"], r["batch"], "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
+                    f"{report['backends'][r['backend']]['load_rss_mb']:.0f}"] for r in rows])
+    out += ["## Backends", ""]
+    out += _table(["backend", "status", "what"],
+                  [[name, b["status"] + (f": {b['note']}" if b.get("note") else ""), b["description"]]
+                   for name, b in report["backends"].items()])
+    out += [f"Plots: [{LATENCY_PLOT}]({LATENCY_PLOT}), [{STAGES_PLOT}]({STAGES_PLOT}).", "",
+            "## Machine", ""]
+    out += [f"- {k}: {v}" for k, v in report["machine"].items()]
+    out += [f"- {k}: {v}" for k, v in report["versions"].items() if v is not None]
+    out += ["", f"Percentiles: numpy method {PERCENTILE_METHOD!r}. Definitions: benchmarks/report.py.", ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------ plots
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def write_plots(rows: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """Latency distribution (box plot of every call) and stacked per-stage bars, per backend and batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['backend']}\nbatch {r['batch']}" for r in rows]
+    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    axis.boxplot([r["samples_ms"] for r in rows], whis=(0, 100))
+    axis.set_xticks(range(1, len(rows) + 1), labels)
+    for k, r in enumerate(rows, start=1):
+        axis.scatter(np.full(len(r["samples_ms"]), k) + np.linspace(-0.15, 0.15, len(r["samples_ms"])),
+                     r["samples_ms"], s=8, alpha=0.5)
+    axis.set_ylabel("ms per call (file -> panoptic result)")
+    axis.set_title("End-to-end latency per call (whiskers: min..max)")
+    paths = [out / LATENCY_PLOT, out / STAGES_PLOT]
+    atomic_write_bytes(paths[0], _png(figure))
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    bottom = np.zeros(len(rows))
+    for stage in STAGES:
+        values = np.array([r["stages_ms"][stage] for r in rows])
+        axis.bar(range(len(rows)), values, bottom=bottom, label=stage)
+        bottom += values
+    axis.set_xticks(range(len(rows)), labels)
+    axis.set_ylabel("mean ms per call")
+    axis.set_title("Where the time goes")
+    axis.legend()
+    atomic_write_bytes(paths[1], _png(figure))
+    plt.close(figure)
+    return paths
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_plots(report["results"], out)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown(report).encode())

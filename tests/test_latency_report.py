@@ -1,0 +1,188 @@
+"""`python -m benchmarks.latency` at smoke size: the report's numbers are complete and consistent with each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.agreement import agreement
+from benchmarks.interleave import image_groups, rotated
+from benchmarks.latency import main
+from runtime.categories import categories_to_json
+from runtime.postprocess import PanopticResult
+from train.checkpoint import save_checkpoint
+from train.models import DETRConfig, build_model
+from train.prepare.synthetic import categories as synthetic_categories
+from train.prepare.synthetic import generate_sample
+
+TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
+                  num_queries=10, num_classes=12, dropout=0.0)
+THING, STUFF = 1, 8  # circle and wall of the synthetic category table
+BATCHES = (1, 2)
+ITERATIONS = 3
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _separable(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights with confident thing/stuff queries and masks that differ (as tests/test_infer.py)."""
+    with torch.no_grad():
+        model.detr.class_embed.bias[[THING, STUFF]] += 8.0
+        model.detr.class_embed.weight[STUFF] += 3.0 * torch.randn(model.detr.class_embed.weight.shape[1])
+        model.bbox_attention.q_linear.weight *= 3.0
+        model.mask_head.lay1.weight[:, TINY.hidden_dim:] *= 100.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, Path]:
+    work = tmp_path_factory.mktemp("latency")
+    torch.manual_seed(3)
+    checkpoint = work / "tiny.pth"
+    save_checkpoint(checkpoint, {"model": _separable(build_model(TINY)).state_dict(), "config": TINY.to_dict(),
+                                 "categories": categories_to_json(synthetic_categories())})
+    images = work / "images"
+    images.mkdir()
+    for index, (h, w) in enumerate(((64, 80), (72, 64))):  # two sizes, so batch 2 is padded
+        sample = generate_sample(0, "val", index, size=max(h, w)).image
+        Image.fromarray(np.ascontiguousarray(sample[:h, :w])).save(images / f"photo{index}.jpg", quality=95)
+    out = work / "report"
+    code = main(["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--size", "64",
+                 "--batch", ",".join(map(str, BATCHES)), "--warmup", "1", "--iterations", str(ITERATIONS),
+                 "--threads", "1", "--peak-size", "256", "--quiet"])
+    assert code == 0
+    return json.loads((out / "report.json").read_text()), out
+
+
+def test_every_field_is_present_and_every_available_backend_ran(report):
+    data, _ = report
+    for key in ("command", "machine", "versions", "model", "settings", "peak", "flops", "memory", "backends",
+                "results", "warnings", "notes"):
+        assert key in data, key
+    assert data["backends"]["eager"]["status"] == "ran" and data["backends"]["onnxruntime"]["status"] == "ran"
+    skipped = {n: b for n, b in data["backends"].items() if b["status"] == "skipped"}
+    assert "tensorrt" in skipped and all(b["note"] for b in skipped.values())  # no GPU here: skipped with a reason
+    ran = sorted(n for n, b in data["backends"].items() if b["status"] == "ran")
+    assert sorted((r["backend"], r["batch"]) for r in data["results"]) == sorted(
+        (n, b) for n in ran for b in BATCHES)
+    assert data["settings"]["threads"] == 1 and data["settings"]["size"] == 64
+    assert "--size 64" in data["command"]
+    assert data["model"]["export"] == "query-sparse"
+
+
+def test_latency_statistics_are_consistent(report):
+    data, _ = report
+    for r in data["results"]:
+        s = r["latency_ms"]
+        groups = len(image_groups([Path("a"), Path("b")], r["batch"]))
+        assert s["count"] == r["calls"] == ITERATIONS * groups == len(r["samples_ms"])
+        assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p95"] <= s["p99"] <= s["max"]
+        assert s["min"] <= s["mean"] <= s["max"]
+        assert s["p50"] == pytest.approx(np.percentile(r["samples_ms"], 50))
+        assert s["mean"] == pytest.approx(np.mean(r["samples_ms"]))
+        assert r["throughput_images_per_s"] == pytest.approx(r["batch"] * 1000 / s["mean"])
+        # stages are timed inside the call, the total around it: they add up to about the total
+        assert r["stage_sum_ms"] == pytest.approx(sum(r["stages_ms"].values()))
+        assert 0.9 * s["mean"] <= r["stage_sum_ms"] <= s["mean"] * 1.0001
+        assert all(v > 0 for v in r["stages_ms"].values())
+        assert r["unstable"] == (r["cv_same_input"] > 0.05)
+        assert any(f"{r['backend']} batch {r['batch']}:" in w for w in data["warnings"]) == r["unstable"]
+
+
+def test_speedups_are_ratios_of_the_same_runs_means(report):
+    data, _ = report
+    eager = {r["batch"]: r["latency_ms"]["mean"] for r in data["results"] if r["backend"] == "eager"}
+    for r in data["results"]:
+        assert r["speedup_vs_eager"] == pytest.approx(eager[r["batch"]] / r["latency_ms"]["mean"])
+    assert all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in data["results"] if r["backend"] == "eager")
+
+
+def test_flops_and_share_of_peak_follow_from_the_json(report):
+    data, _ = report
+    peak = data["peak"]["flops_per_second"]
+    assert peak == pytest.approx(2 * data["peak"]["n"] ** 3 / data["peak"]["best_seconds"])
+    for r in data["results"]:
+        per_batch = data["flops"]["per_batch"][str(r["batch"])]
+        kind = data["backends"][r["backend"]]["flops"]
+        assert r["flops_per_call"] == pytest.approx(np.mean([c[kind] for c in per_batch]))
+        assert r["achieved_flops_per_second"] == pytest.approx(r["flops_per_call"] / (r["stages_ms"]["engine"] / 1e3))
+        assert r["share_of_peak"] == pytest.approx(r["achieved_flops_per_second"] / peak)
+    for per_batch in data["flops"]["per_batch"].values():
+        for c in per_batch:  # the query-sparse pair computes fewer masks than the full model, never more
+            assert 0 < c["sparse"] <= c["full"] and 0 <= c["kept_queries"] <= c["all_queries"]
+            assert (c["sparse"] == c["full"]) == (c["kept_queries"] == c["all_queries"])
+
+
+def test_flop_count_matches_a_hand_count_of_a_linear_layer():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = torch.nn.Linear(32, 16)
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.zeros(5, 32))
+    assert counter.get_total_flops() == 2 * 5 * 32 * 16  # the convention the report states
+
+
+def test_agreement_is_in_range_and_eager_agrees_with_itself(report):
+    data, _ = report
+    for r in data["results"]:
+        a = r["agreement"]
+        for key in ("pixel_agreement", "same_segments", "pq"):
+            assert 0.0 <= a[key] <= 1.0, (r["backend"], key, a[key])
+        if r["backend"] == "eager":
+            assert a["pixel_agreement"] == a["same_segments"] == a["pq"] == 1.0
+        assert a["segments_reference"] > 0  # the tiny model is non-degenerate: agreement is not 0 segments = 0
+    assert data["memory"]["process_peak_rss_mb"] > 0
+    assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 0 for r in data["results"])
+
+
+def test_agreement_against_a_brute_force_count():
+    ref_ids = np.zeros((8, 8), np.uint32)
+    ref_ids[:, :4], ref_ids[:, 4:] = 1, 2
+    segments = [{"id": 1, "category_id": THING, "isthing": True}, {"id": 2, "category_id": STUFF, "isthing": False}]
+    cats = {c.id: c for c in synthetic_categories()}
+    ref = PanopticResult(ref_ids, segments)
+    assert agreement([ref], [ref], cats) | {"images": 1} == {
+        "pixel_agreement": 1.0, "same_segments": 1.0, "pq": 1.0, "images": 1, "segments_reference": 2,
+        "segments_backend": 2}
+    shifted = PanopticResult(np.roll(ref_ids, 1, axis=1), segments)  # columns 1..4 are 1, 5..7 and 0 are 2
+    result = agreement([ref], [shifted], cats)
+    # brute force: each shifted segment's partner is the reference segment it overlaps most
+    partner = {}
+    for seg in (1, 2):
+        overlap = {r: int(np.sum((shifted.id_map == seg) & (ref_ids == r))) for r in (1, 2)}
+        partner[seg] = max(overlap, key=overlap.get)
+    agreeing = sum(partner[int(shifted.id_map[y, x])] == ref_ids[y, x] for y in range(8) for x in range(8))
+    assert result["pixel_agreement"] == pytest.approx(agreeing / 64)
+    assert result["same_segments"] == 1.0  # same two segments, same categories, only the border moved
+    iou = 3 / 5  # each segment keeps 24 of its 32 pixels: 24 / (32 + 32 - 24)
+    assert result["pq"] == pytest.approx(iou)
+
+
+def test_plots_are_pngs_and_the_markdown_names_every_backend(report):
+    data, out = report
+    for name in ("latency_distribution.png", "stages.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(out / name) as im:
+            assert im.width > 100 and im.height > 100
+    text = (out / "report.md").read_text()
+    for name in data["backends"]:
+        assert name in text
+    assert "speedup vs eager" in text and "share of peak" in text
+
+
+def test_round_robin_rotates_and_groups_wrap_around():
+    assert [rotated(["a", "b", "c"], k) for k in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                               ["a", "b", "c"]]
+    paths = [Path("x"), Path("y"), Path("z")]
+    assert image_groups(paths, 2) == [[Path("x"), Path("y")], [Path("z"), Path("x")]]
+    assert image_groups(paths, 1) == [[p] for p in paths]
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "missing.pth" in err and "\n" not in err
