@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="checkpoint to continue from (model, optimizer, scheduler, epoch)")
     p.add_argument("--start_epoch", type=int, default=0)
     p.add_argument("--eval", action="store_true", help="only evaluate")
+    p.add_argument("--eval_batch_size", type=int, default=1,
+                   help="validation batch size; 1 (default) gives PQ as deployed, since padding a DETR batch changes "
+                        "each image's result slightly (detr evaluates padded batches of --batch_size)")
     p.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and after the last)")
     p.add_argument("--threshold", type=float, default=0.85, help="post-processing score threshold for PQ")
     p.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (smoke runs)")

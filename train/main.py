@@ -98,7 +98,7 @@ def build_loaders(args: argparse.Namespace, info: dist_utils.DistInfo) -> tuple[
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                               collate_fn=collate_fn, num_workers=args.num_workers,
                               persistent_workers=False)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=SequentialSampler(val_set),
+    val_loader = DataLoader(val_set, batch_size=args.eval_batch_size, sampler=SequentialSampler(val_set),
                             collate_fn=collate_fn, num_workers=args.num_workers)
     return train_loader, val_loader, sampler
 
