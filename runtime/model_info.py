@@ -13,12 +13,15 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runtime.categories import Category, categories_from_json
 from runtime.errors import PanopticFormatError, PansegError
 from runtime.sparse import mask_graph_file
+from runtime.trt_sidecar import SECTION as TRT_SECTION
 
+TRT_SUFFIXES = (".plan", ".engine")  # what runtime.backends.select_backend runs with TensorRT
 SUPPORTED_METADATA_VERSION = 2  # 2: query-sparse models (a detector naming its mask graph, runtime/sparse.py)
 DEFAULT_MASK_STRIDE = 4
 PANOPTIC = "panoptic"
@@ -168,5 +171,15 @@ def parse_model_info(metadata: Mapping[str, str], source: str = "model") -> Mode
         num_queries=r.positive_int("num_queries"),
         num_classes=num_classes,
         mask_stride=r.positive_int("mask_stride", default=DEFAULT_MASK_STRIDE),
-        mask_graph=mask_graph_file(r.values, source),
+        mask_graph=_mask_graph(r, source),
     )
+
+
+def _mask_graph(r: _Reader, source: str) -> str | None:
+    """The mask graph's file name; a TensorRT engine's side file (it has a ``tensorrt`` section) must name a mask
+    engine next to it, as python -m export.tensorrt writes it, not the ONNX mask graph it was built from."""
+    name = mask_graph_file(r.values, source)
+    if name is not None and TRT_SECTION in r.values and Path(name).suffix.lower() not in TRT_SUFFIXES:
+        raise r.fail("query_sparse", f"names the mask graph {name}, not a TensorRT engine; rebuild the pair with "
+                     "python -m export.tensorrt, which builds the detector and the mask engine together")
+    return name

@@ -26,7 +26,8 @@ from export.onnx import export_checkpoint
 from export.tensorrt import BuildOptions, build_engine_file, plan_engine
 from export.tensorrt.__main__ import main
 from export.tensorrt.build import build_plan, format_command, network_flags, trtexec_command
-from export.tensorrt.profile import ShapeRange, default_range, parse_bhw, resolve_range
+from export.tensorrt.masks import feature_strides
+from export.tensorrt.profile import ShapeRange, default_range, graph_inputs, parse_bhw, resolve_range
 from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible, load_supported_operators, unsupported_nodes
 from runtime.backends import read_sidecar_metadata, sidecar_path
@@ -449,10 +450,23 @@ class StubTensorRT:
 
     def __init__(self, inputs=(("images", (-1, 3, -1, -1)), ("padding_mask", (-1, -1, -1))), parse_ok=True,
                  parser_errors=(), plan=b"serialized plan"):
+        """``inputs=None``: the network's inputs are the parsed ONNX file's (-1 where dynamic); ``plan`` a list:
+        one result per build, in order."""
         self.calls: list[tuple] = []
         self.inputs, self.parse_ok, self.errors, self.plan = inputs, parse_ok, parser_errors, plan
         self.timing_cache_in: bytes | None = None
         stub = self
+
+        class Network:
+            def __init__(self):
+                self.inputs = list(stub.inputs or ())
+
+            @property
+            def num_inputs(self):
+                return len(self.inputs)
+
+            def get_input(self, i):
+                return SimpleNamespace(name=self.inputs[i][0], shape=self.inputs[i][1])
 
         class Builder:
             def __init__(self, logger):
@@ -460,9 +474,7 @@ class StubTensorRT:
 
             def create_network(self, flags):
                 stub.calls.append(("create_network", flags))
-                return SimpleNamespace(num_inputs=len(stub.inputs),
-                                       get_input=lambda i: SimpleNamespace(name=stub.inputs[i][0],
-                                                                           shape=stub.inputs[i][1]))
+                return Network()
 
             def create_builder_config(self):
                 return Config()
@@ -472,7 +484,7 @@ class StubTensorRT:
 
             def build_serialized_network(self, network, config):
                 stub.calls.append(("build",))
-                return stub.plan
+                return stub.plan.pop(0) if isinstance(stub.plan, list) else stub.plan
 
         class Config:
             def set_memory_pool_limit(self, pool, size):
@@ -508,9 +520,13 @@ class StubTensorRT:
         class OnnxParser:
             def __init__(self, network, logger):
                 self.num_errors = len(stub.errors)
+                self.network = network
 
             def parse_from_file(self, path):
                 stub.calls.append(("parse_from_file", path))
+                if stub.inputs is None:
+                    self.network.inputs = [(name, tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims))
+                                           for name, dims in graph_inputs(onnx.load(path))]
                 return stub.parse_ok
 
             def get_error(self, index):
@@ -638,3 +654,178 @@ def test_profile_shapes_cover_the_batches_the_runtime_pads_together():
     profiles = _profiles(max_bhw=(2, 1333, 1333))
     check_shapes_in_profile({"images": batch.shape, "padding_mask": mask.shape}, profiles, "m.plan")
     assert batch.shape == (2, 3, 1066, 1066)
+
+
+# ---------------------------------------------------------------- query-sparse pair: detector engine + mask engine
+
+PAIR_FLAGS = dict(min_shape=(1, 33, 61), opt_shape=(1, 64, 96), max_shape=(2, 97, 130))  # odd sizes: ceil matters
+PER_IMAGE = ("attn_keys", "memory_mask", "lay1_image", "fpn_s16", "fpn_s8", "fpn_s4")
+
+
+def _images(b: int, h: int, w: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"images": rng.standard_normal((b, 3, h, w)).astype(np.float32),
+            "padding_mask": np.zeros((b, h, w), bool)}
+
+
+def test_mask_engine_profile_holds_exactly_what_the_detector_produces(tiny_export, tmp_path):
+    """The detector run by ONNX Runtime at the profile's min, opt and max images gives per-image tensors of exactly
+    the derived min, opt and max shapes; sizes in between fit; the mask graph runs at the largest kept batch."""
+    from runtime.backends import OnnxRuntimeBackend
+
+    plan = plan_engine(tiny_export, tmp_path / "tiny.plan", **PAIR_FLAGS)
+    mask = plan.mask
+    assert mask is not None and mask.onnx_path == tiny_export.with_name("tiny.masks.onnx")
+    assert mask.output == tmp_path / "tiny.masks.plan"
+    with OnnxRuntimeBackend(tiny_export, optimized_cache=False) as detector, \
+            OnnxRuntimeBackend(mask.onnx_path, optimized_cache=False) as masks:
+        for corner in ("min", "opt", "max"):
+            out = detector.infer(_images(*getattr(plan.shape_range, corner), seed=1), PER_IMAGE)
+            for name in PER_IMAGE:
+                assert out[name].shape == getattr(mask.profiles[name], corner), (corner, name)
+        for b, h, w in ((1, 40, 129), (2, 97, 61), (1, 64, 64)):
+            out = detector.infer(_images(b, h, w, seed=2), ["hs", *PER_IMAGE])
+            check_shapes_in_profile({n: out[n].shape for n in PER_IMAGE}, mask.profiles, "tiny.masks.plan")
+        # every query of both images of the largest batch: the most the runtime can keep in one call
+        out = detector.infer(_images(*plan.shape_range.max, seed=3), ["hs", *PER_IMAGE])
+        b, q = out["hs"].shape[:2]
+        feeds = {"hs_kept": out["hs"].reshape(b * q, -1), "image_index": np.repeat(np.arange(b, dtype=np.int64), q),
+                 **{n: out[n] for n in PER_IMAGE}}
+        assert mask.profiles["hs_kept"].max == feeds["hs_kept"].shape and mask.profiles["image_index"].min == (1,)
+        check_shapes_in_profile({n: a.shape for n, a in feeds.items()}, mask.profiles, "tiny.masks.plan")
+        kept = masks.infer(feeds)["masks_kept"]
+        assert kept.shape == (b * q, *out["fpn_s4"].shape[-2:])
+    assert mask.kept == (1, TINY.num_queries, 2 * TINY.num_queries)
+
+
+@pytest.mark.parametrize("backbone,dilation", [("resnet18", False), ("resnet50", True)])
+def test_feature_strides_match_torchvisions_resnet(backbone, dilation):
+    """Independent reference: torchvision's ResNet (DC5 dilates layer4) at odd sizes gives ceil(size / stride)."""
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    net = getattr(torchvision.models, backbone)(weights=None, replace_stride_with_dilation=[False, False, dilation])
+    body = IntermediateLayerGetter(net, {"layer1": "s4", "layer2": "s8", "layer3": "s16", "layer4": "feat"}).eval()
+    strides = feature_strides({"model_config": {"dilation": dilation}, "mask_stride": 4}, "m.onnx")
+    names = {"s4": "mask", "s8": "s8", "s16": "s16", "feat": "feat"}
+    with torch.no_grad():
+        for h, w in ((33, 61), (65, 97)):
+            out = body(torch.zeros(1, 3, h, w))
+            for key, name in names.items():
+                assert tuple(out[key].shape[-2:]) == (-(-h // strides[name]), -(-w // strides[name])), (key, h, w)
+
+
+def test_dry_run_prints_both_engines_and_their_trtexec_lines(tiny_export, tmp_path, capsys):
+    plan = tmp_path / "out" / "pair.plan"
+    plan.parent.mkdir()
+    assert main([str(tiny_export), "-o", str(plan), "--dry-run", "--max-shape", "2x1333x1333"]) == 0
+    out = capsys.readouterr().out
+    lines = [shlex.split(x) for x in out.splitlines() if x.strip().startswith("trtexec ")]
+    assert len(lines) == 2
+    detector, masks = lines
+    assert f"--onnx={tiny_export}" in detector and f"--saveEngine={plan}" in detector
+    assert f"--onnx={tiny_export.with_name('tiny.masks.onnx')}" in masks
+    assert f"--saveEngine={plan.with_name('pair.masks.plan')}" in masks
+    flags = {a.split("=", 1)[0]: dict(s.split(":") for s in a.split("=", 1)[1].split(",")) for a in masks
+             if a.startswith(("--minShapes", "--optShapes", "--maxShapes"))}
+    q = TINY.num_queries
+    assert (flags["--minShapes"]["hs_kept"], flags["--maxShapes"]["hs_kept"]) == ("1x128", f"{2 * q}x128")
+    assert flags["--maxShapes"]["image_index"] == str(2 * q)
+    # 1335 / 32 -> 42 (rounded up), 571 / 4 -> 143: the default image range through the backbone's strides
+    assert flags["--maxShapes"]["memory_mask"] == "2x42x42" and flags["--minShapes"]["fpn_s4"].endswith("x143x143")
+    assert "mask engine profile: kept queries min 1" in out
+    assert not any(plan.parent.iterdir())
+
+
+def test_a_single_graph_model_plans_one_engine(onnx_path):
+    plan = plan_engine(onnx_path)
+    assert plan.mask is None and plan.kept is None
+
+
+def test_a_missing_or_foreign_mask_graph_is_refused(tiny_export, tmp_path):
+    lonely = tmp_path / "tiny.onnx"
+    lonely.write_bytes(tiny_export.read_bytes())
+    with pytest.raises(PansegError, match=r"mask graph .*tiny\.masks\.onnx is missing"):
+        plan_engine(lonely)
+    foreign = tmp_path / "tiny.masks.onnx"
+    model = onnx.load(str(tiny_export.with_name("tiny.masks.onnx")))
+    model.doc_string = "edited"
+    onnx.save(model, foreign)
+    with pytest.raises(PansegError, match="is not the mask graph exported with"):
+        plan_engine(lonely)
+
+
+def _build_pair(tiny_export, out_dir, capsys, monkeypatch, plans) -> tuple[int, str, StubTensorRT]:
+    import runtime.backends.tensorrt_backend as backend_module
+
+    stub = StubTensorRT(inputs=None, plan=plans)
+    monkeypatch.setitem(sys.modules, "tensorrt", stub)
+    monkeypatch.setattr(backend_module, "import_cudart", lambda: object())
+    monkeypatch.setattr(backend_module, "current_gpu", lambda cudart=None, device=0: L4)
+    flags = [f"--{k.replace('_', '-')}={'x'.join(map(str, v))}" for k, v in PAIR_FLAGS.items()]
+    code, _, err = _run([tiny_export, "-o", out_dir / "tiny.plan", *flags, "--quiet"], capsys)
+    return code, err, stub
+
+
+def test_plumbing_the_pair_is_built_and_the_side_files_link_it(tiny_export, tmp_path, capsys, monkeypatch):
+    from runtime.model_info import parse_model_info
+    from runtime.sparse import mask_graph_path
+
+    code, err, stub = _build_pair(tiny_export, tmp_path, capsys, monkeypatch, [b"detector plan", b"mask plan"])
+    assert code == 0, err
+    detector, masks = tmp_path / "tiny.plan", tmp_path / "tiny.masks.plan"
+    assert (detector.read_bytes(), masks.read_bytes()) == (b"detector plan", b"mask plan")
+    mask_onnx = tiny_export.with_name("tiny.masks.onnx")
+    assert stub.named("parse_from_file") == [("parse_from_file", str(tiny_export)), ("parse_from_file", str(mask_onnx))]
+    expected = plan_engine(tiny_export, detector, **PAIR_FLAGS).mask.profiles
+    assert stub.named("add_optimization_profile")[1][1] == {n: (p.min, p.opt, p.max) for n, p in expected.items()}
+    # the detector's side file names its mask engine (and the ONNX it came from); the mask's names its detector
+    strings, info = read_engine_sidecar(detector)
+    entry = json.loads(strings["query_sparse"])
+    assert entry["mask_graph"] == "tiny.masks.plan"
+    assert entry["mask_graph_sha256"] == hashlib.sha256(b"mask plan").hexdigest()
+    assert entry["onnx_mask_graph"] == {"file": "tiny.masks.onnx",
+                                        "sha256": hashlib.sha256(mask_onnx.read_bytes()).hexdigest()}
+    assert info.onnx_file == "tiny.onnx"
+    mask_strings, mask_info = read_engine_sidecar(masks)
+    assert mask_strings["panseg_mask_graph_of"] == "tiny.plan"  # plain strings stay plain in side files
+    assert mask_info.onnx_file == "tiny.masks.onnx" and mask_info.profile == expected
+    check_plan_digest(mask_info, masks.read_bytes(), masks)
+    assert json.loads(mask_strings["inputs"])["hs_kept"]["shape"] == ["kept", TINY.hidden_dim]
+    # what panseg-rt infer --engine tiny.plan does: metadata -> mask graph name -> the file next to the plan
+    model_info = parse_model_info(read_sidecar_metadata(detector), str(detector))
+    assert model_info.mask_graph == "tiny.masks.plan"
+    assert mask_graph_path(detector, model_info.mask_graph) == masks
+
+
+def test_plumbing_a_failed_mask_build_writes_neither_engine(tiny_export, tmp_path, capsys, monkeypatch):
+    code, err, _ = _build_pair(tiny_export, tmp_path, capsys, monkeypatch, [b"detector plan", None])
+    assert code == 1 and "tiny.masks.onnx" in err and "failed to build" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_info_finds_the_mask_engine_next_to_a_plan_and_refuses_an_onnx_one(tiny_export, tmp_path):
+    """Stub files: a detector side file as python -m export.tensorrt writes it, and an old-style one that still
+    names the ONNX mask graph."""
+    from export.onnx.metadata import read_metadata
+    from export.tensorrt.masks import detector_sidecar_metadata
+    from runtime.model_info import parse_model_info
+    from runtime.sparse import mask_graph_path
+
+    detector = tmp_path / "m.plan"
+    detector.write_bytes(b"plan")
+    metadata = read_metadata(tiny_export)
+    write_sidecar(detector, detector_sidecar_metadata(metadata, tmp_path / "m.masks.plan", "ab" * 32), _info())
+    info = parse_model_info(read_sidecar_metadata(detector), str(detector))
+    assert info.mask_graph == "m.masks.plan"
+    with pytest.raises(PansegError, match=r"m\.masks\.plan is missing"):
+        mask_graph_path(detector, info.mask_graph)
+    (tmp_path / "m.masks.plan").write_bytes(b"mask plan")
+    assert mask_graph_path(detector, info.mask_graph) == tmp_path / "m.masks.plan"
+    write_sidecar(detector, metadata, _info())  # the ONNX metadata copied as is
+    with pytest.raises(PansegError, match=r"m\.plan: metadata 'query_sparse' names the mask graph tiny\.masks\.onnx, "
+                                          r"not a TensorRT engine"):
+        parse_model_info(read_sidecar_metadata(detector), str(detector))
+    # the ONNX detector itself still names its ONNX mask graph
+    assert parse_model_info({k: json.dumps(v) for k, v in metadata.items()}, str(tiny_export)).mask_graph == \
+        "tiny.masks.onnx"

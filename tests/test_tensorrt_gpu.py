@@ -1,4 +1,5 @@
-"""TensorRT engines on a real GPU: build from a tiny export, parity with ONNX Runtime across the profile, refusals.
+"""TensorRT engines on a real GPU: build from a tiny export, parity with ONNX Runtime across the profile, refusals;
+the query-sparse pair (detector + mask engine) built in one run and run through runtime/sparse.py and panseg-rt infer.
 
 Skipped cleanly (the whole module) where tensorrt, cuda-python or a CUDA device is missing. Run with
 ``pytest tests/test_tensorrt_gpu.py -m gpu``.
@@ -33,6 +34,7 @@ from export.tensorrt.__main__ import main  # noqa: E402
 from runtime.backends import OnnxRuntimeBackend, select_backend, sidecar_path  # noqa: E402
 from runtime.backends.tensorrt_backend import TensorRTBackend  # noqa: E402
 from runtime.categories import categories_to_json  # noqa: E402
+from runtime.sparse import PER_IMAGE_INPUTS, run_query_sparse  # noqa: E402
 from runtime.trt_sidecar import read_engine_sidecar  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402
 from train.models import DETRConfig, build_model  # noqa: E402
@@ -57,7 +59,7 @@ def onnx_model(workdir) -> Path:
     ckpt = workdir / "tiny.pth"
     save_checkpoint(ckpt, {"model": build_model(TINY).state_dict(), "config": TINY.to_dict(),
                            "categories": categories_to_json(synthetic_categories())})
-    # detr's single graph: the two-engine build of the query-sparse export is not written yet
+    # detr's single graph (--full); the query-sparse pair (two engines from one build) has its own fixtures below
     return export_checkpoint(ckpt, workdir / "tiny.onnx", run_verification=False, progress=False, full=True).path
 
 
@@ -184,3 +186,107 @@ def test_version_and_hardware_compatible_build_loads_and_agrees(onnx_model, engi
         got = compatible.infer(feeds, outputs=["pred_boxes"])["pred_boxes"]
     want = engines[1].infer(feeds, outputs=["pred_boxes"])["pred_boxes"]
     assert float(np.max(np.abs(got - want))) <= ATOL + RTOL * float(np.max(np.abs(want)))
+
+
+# ---------------------------------------------------------------- query-sparse pair
+
+
+@pytest.fixture(scope="module")
+def sparse_onnx(workdir) -> Path:
+    """The export's default for a panoptic model: sparse.onnx (detector) + sparse.masks.onnx (mask head)."""
+    torch.manual_seed(0)
+    ckpt = workdir / "sparse.pth"
+    save_checkpoint(ckpt, {"model": build_model(TINY).state_dict(), "config": TINY.to_dict(),
+                           "categories": categories_to_json(synthetic_categories())})
+    result = export_checkpoint(ckpt, workdir / "sparse.onnx", run_verification=False, progress=False)
+    assert result.mask_path == workdir / "sparse.masks.onnx"
+    return result.path
+
+
+@pytest.fixture(scope="module")
+def sparse_plan(sparse_onnx, workdir) -> Path:
+    path = workdir / "sparse.plan"
+    assert main([str(sparse_onnx), "-o", str(path), *PROFILE, "--workspace", "1", "--quiet"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(sparse_plan, sparse_onnx):
+    masks_plan, masks_onnx = sparse_plan.with_name("sparse.masks.plan"), sparse_onnx.with_name("sparse.masks.onnx")
+    with TensorRTBackend(sparse_plan) as det, TensorRTBackend(masks_plan) as masks, \
+            OnnxRuntimeBackend(sparse_onnx, optimized_cache=False) as ort_det, \
+            OnnxRuntimeBackend(masks_onnx, optimized_cache=False) as ort_masks:
+        yield (det, masks), (ort_det, ort_masks)
+
+
+def _close(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype, name
+    if want.dtype == np.bool_:  # memory_mask: the padding, exact
+        assert np.array_equal(got, want), name
+        return
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    assert err <= ATOL + RTOL * float(np.max(np.abs(want), initial=0.0)), (name, err)
+
+
+def test_one_build_writes_both_engines_whose_side_files_link_them(sparse_plan, pair):
+    masks_plan = sparse_plan.with_name("sparse.masks.plan")
+    metadata, info = read_engine_sidecar(sparse_plan)
+    entry = json.loads(metadata["query_sparse"])
+    assert entry["mask_graph"] == masks_plan.name and entry["onnx_mask_graph"]["file"] == "sparse.masks.onnx"
+    mask_metadata, mask_info = read_engine_sidecar(masks_plan)
+    assert mask_metadata["panseg_mask_graph_of"] == sparse_plan.name and mask_info.gpu == info.gpu == GPU
+    assert mask_info.profile["hs_kept"].max[0] == 2 * TINY.num_queries  # max batch 2 x queries
+    (_, masks), _ = pair
+    assert masks.profiles["hs_kept"] == mask_info.profile["hs_kept"]  # the engine's own profile, as the side file says
+    specs = {s.name: s for s in masks.input_specs()}
+    assert specs["image_index"].dtype == np.int64 and specs["hs_kept"].shape[0] == "kept"
+
+
+@pytest.mark.parametrize("shapes", [[(64, 64)], [(128, 128)], [(96, 80), (64, 128)]], ids=["min", "max", "b2"])
+def test_pair_matches_onnxruntime_graph_by_graph(pair, shapes):
+    """Each engine against its ONNX graph on the same inputs: the detector on the images, the mask engine on every
+    query of the batch (ONNX Runtime's detector outputs), the largest kept batch its profile allows."""
+    (det, masks), (ort_det, ort_masks) = pair
+    feeds = _batch(shapes, seed=11 * len(shapes) + shapes[0][1])
+    got, want = det.infer(feeds), ort_det.infer(feeds)
+    for name in want:
+        _close(got[name], want[name], name)
+    b, q = want["hs"].shape[:2]
+    mask_feeds = {"hs_kept": want["hs"].reshape(b * q, -1), "image_index": np.repeat(np.arange(b, dtype=np.int64), q),
+                  **{n: want[n] for n in PER_IMAGE_INPUTS}}
+    _close(masks.infer(mask_feeds)["masks_kept"], ort_masks.infer(mask_feeds)["masks_kept"], "masks_kept")
+
+
+def test_pair_matches_onnxruntimes_sparse_path(pair):
+    """runtime/sparse.py end to end on both backends: the same queries are kept and their masks agree."""
+    (det, masks), (ort_det, ort_masks) = pair
+    feeds = _batch([(128, 96), (80, 128)], seed=21)
+    want = run_query_sparse(ort_det.infer, ort_masks.infer, feeds, threshold=0.0)
+    got = run_query_sparse(det.infer, masks.infer, feeds, threshold=0.0)
+    assert sum(want.kept_counts) > 0  # random weights still keep some queries at threshold 0
+    for i, (k_got, k_want) in enumerate(zip(got.keep, want.keep, strict=True)):
+        common = np.intersect1d(k_got, k_want)
+        assert common.size >= 0.9 * k_want.size, i  # a logit near the no-object boundary may flip
+        _close(got.masks[i][np.searchsorted(k_got, common)], want.masks[i][np.searchsorted(k_want, common)], "masks")
+
+
+def test_infer_runs_the_pair_from_the_detector_plan(sparse_plan, sparse_onnx, tmp_path):
+    """panseg-rt infer --engine sparse.plan: the mask engine is found through the side file and loaded with TensorRT."""
+    from PIL import Image
+
+    from runtime.infer import InferOptions, infer
+    from runtime.panoptic_format import read_panoptic_png
+
+    rng = np.random.default_rng(5)
+    images = []
+    for k, (w, h) in enumerate(((96, 64), (64, 96))):
+        images.append(tmp_path / f"img{k}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images[-1])
+    options = InferOptions(threshold=0.0, size=64, max_size=128, progress=False)
+    report = infer(sparse_plan, images, tmp_path / "trt", options)
+    reference = infer(sparse_onnx, images, tmp_path / "ort", options)
+    assert report.done == reference.done == len(images) and not report.failures
+    for k in range(len(images)):
+        got = read_panoptic_png(tmp_path / "trt" / "panoptic" / f"img{k}.png")
+        want = read_panoptic_png(tmp_path / "ort" / "panoptic" / f"img{k}.png")
+        assert got.shape == want.shape and np.mean(got == want) >= 0.9, k

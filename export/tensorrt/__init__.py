@@ -5,7 +5,12 @@ Two steps so that everything checkable is checked on any machine before a GPU is
 name and the flags, and computes the optimization profile (profile.py) and the equivalent trtexec command (build.py);
 :func:`build_engine_file` then builds with TensorRT on the GPU, writes the plan atomically and the side file next to
 it (sidecar.py). Pieces: profile.py (shapes), build.py (TensorRT calls), sidecar.py (side file writing; its format,
-reading and checks are runtime/trt_sidecar.py).
+reading and checks are runtime/trt_sidecar.py), masks.py (the second engine of a query-sparse export).
+
+A query-sparse detector (the ONNX export's default for panoptic models) is built together with its mask graph:
+``NAME.plan`` + ``NAME.masks.plan``, each with its side file; the detector's side file names the mask engine the way
+its ONNX metadata names the mask graph, so the runtime loads the pair from the detector's path alone. Both plans are
+built before either is written, and the detector (whose side file makes the pair usable) is written last.
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from export.tensorrt.build import BuildOptions, build_plan, load_tensorrt, trtexec_command
+from export.tensorrt.masks import (
+    detector_sidecar_metadata,
+    kept_range,
+    mask_engine_path,
+    mask_profiles,
+    mask_sidecar_metadata,
+)
 from export.tensorrt.profile import BHW, ShapeRange, profile_for_model, uncovered_aspect_note
 from export.tensorrt.sidecar import engine_info, file_sha256, write_sidecar
 from export.trt_operators import check_tensorrt_compatible
 from runtime.atomic import atomic_write_bytes
 from runtime.backends.base import sidecar_path
 from runtime.errors import PansegError
-from runtime.trt_sidecar import EngineInfo, TensorProfile
+from runtime.sparse import mask_graph_file, mask_graph_path
+from runtime.trt_sidecar import EngineInfo, GpuInfo, TensorProfile
 
 __all__ = ["BuildOptions", "EnginePlan", "build_engine_file", "default_engine_path", "plan_engine"]
 
@@ -47,6 +60,8 @@ class EnginePlan:
     profiles: Mapping[str, TensorProfile]
     options: BuildOptions
     note: str | None  # e.g. image shapes the profile leaves out
+    mask: EnginePlan | None = None  # a query-sparse detector's mask engine, built in the same run
+    kept: tuple[int, int, int] | None = None  # a mask engine's (min, opt, max) kept queries per call
 
     @property
     def sidecar(self) -> Path:
@@ -106,8 +121,32 @@ def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None =
                           "python -m export.onnx")
     flags = {"min": min_shape, "opt": opt_shape, "max": max_shape}
     shape_range, profiles = profile_for_model(model, metadata, flags, str(onnx_path))
+    mask = _plan_mask_engine(onnx_path, output, metadata, shape_range, options)
     return EnginePlan(onnx_path, output, metadata, shape_range, profiles, options,
-                      uncovered_aspect_note(shape_range, metadata.get("resize")))
+                      uncovered_aspect_note(shape_range, metadata.get("resize")), mask)
+
+
+def _plan_mask_engine(onnx_path: Path, output: Path, metadata: Mapping[str, Any], shape_range: ShapeRange,
+                      options: BuildOptions) -> EnginePlan | None:
+    """The mask engine's plan when the detector is query-sparse (its metadata names a mask graph), else None."""
+    name = mask_graph_file(metadata, str(onnx_path))
+    if name is None:
+        return None
+    mask_onnx = mask_graph_path(onnx_path, name)
+    expected = metadata["query_sparse"].get("mask_graph_sha256")
+    if isinstance(expected, str) and file_sha256(mask_onnx) != expected:
+        raise PansegError(f"{mask_onnx}: is not the mask graph exported with {onnx_path} (its sha256 differs from "
+                          "the detector's metadata); re-export both with python -m export.onnx")
+    mask_output = mask_engine_path(output)
+    if mask_output.resolve() == mask_onnx.resolve():
+        raise PansegError(f"{mask_output}: would overwrite the mask graph")
+    if mask_output.is_dir():
+        raise PansegError(f"{mask_output}: is a directory")
+    check_tensorrt_compatible(mask_onnx)
+    model = _load_graph(mask_onnx)
+    profiles = mask_profiles(model, shape_range, metadata, str(mask_onnx))
+    return EnginePlan(mask_onnx, mask_output, _read_metadata(model, mask_onnx), shape_range, profiles, options, None,
+                      kept=kept_range(shape_range, metadata["num_queries"]))
 
 
 def _version(dist: str) -> str | None:
@@ -118,8 +157,9 @@ def _version(dist: str) -> str | None:
 
 
 def build_engine_file(plan: EnginePlan, progress: bool = True) -> EngineInfo:
-    """Build the plan with TensorRT on the current GPU, write it and its side file; returns the side file's build
-    section. Needs tensorrt and cuda-python (a one-line error otherwise)."""
+    """Build the plan (and its mask engine, if any) with TensorRT on the current GPU, write the plan(s) and side
+    file(s); returns the detector's side-file build section. Needs tensorrt and cuda-python (a one-line error
+    otherwise)."""
     from runtime.backends.tensorrt_backend import current_gpu, import_cudart
 
     trt = load_tensorrt()
@@ -128,15 +168,28 @@ def build_engine_file(plan: EnginePlan, progress: bool = True) -> EngineInfo:
     except PansegError as exc:
         raise PansegError(f"cuda-python is needed to identify the GPU for the side file ({exc})") from exc
     gpu = current_gpu(cudart)
+    data, info = _build(trt, gpu, plan, progress)
+    metadata: Mapping[str, Any] = plan.metadata
+    if plan.mask is not None:
+        mask_data, mask_info = _build(trt, gpu, plan.mask, progress)
+        atomic_write_bytes(plan.mask.output, mask_data)
+        write_sidecar(plan.mask.output, mask_sidecar_metadata(plan.mask.metadata, plan.metadata, plan.output),
+                      mask_info)
+        metadata = detector_sidecar_metadata(plan.metadata, plan.mask.output, mask_info.plan_sha256)
+    atomic_write_bytes(plan.output, data)
+    write_sidecar(plan.output, metadata, info)
+    return info
+
+
+def _build(trt: Any, gpu: GpuInfo, plan: EnginePlan, progress: bool) -> tuple[bytes, EngineInfo]:
+    """One serialized plan and its side file's build section (nothing written yet)."""
     onnx_sha256 = file_sha256(plan.onnx_path)
     started = time.perf_counter()
     data = build_plan(trt, plan.onnx_path, plan.profiles, plan.options, progress=progress)
     seconds = time.perf_counter() - started
-    atomic_write_bytes(plan.output, data)
     info = engine_info(plan=data, onnx_path=plan.onnx_path, onnx_sha256=onnx_sha256, tensorrt_version=trt.__version__,
                        gpu=gpu, profiles=plan.profiles, version_compatible=plan.options.version_compatible,
                        hardware_compatibility=plan.options.hardware_compatibility,
                        builder={**plan.options.describe(), "build_seconds": round(seconds, 1),
                                 "panseg_version": _version("panseg")})
-    write_sidecar(plan.output, plan.metadata, info)
-    return info
+    return data, info

@@ -1,5 +1,8 @@
 """`python -m export.tensorrt model.onnx [-o model.plan]`: build a TensorRT engine and its model.plan.json side file.
 
+A query-sparse export (model.onnx + model.masks.onnx) gives two engines in one run: model.plan and model.masks.plan,
+each with its side file; the mask engine's profile is derived from the detector's.
+
 Flags follow trtexec where trtexec has one, and the equivalent trtexec command is printed. Exit status 0 when the plan
 and side file were written (or, with --dry-run, when everything checked out), 1 on bad input, an unsupported
 operator, a missing TensorRT or a failed build (one line on stderr, no file written), 2 on malformed flags.
@@ -70,10 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe(plan: EnginePlan) -> str:
-    """The profile and the trtexec line, as printed before building (and by --dry-run)."""
+    """The profile(s) and the trtexec line(s), as printed before building (and by --dry-run); a query-sparse detector
+    is followed by its mask engine."""
+    text = _describe_one(plan)
+    return text if plan.mask is None else f"{text}\n{_describe_one(plan.mask)}"
+
+
+def _describe_one(plan: EnginePlan) -> str:
     width = max((len(n) for n in plan.profiles), default=0)
-    lines = [f"{plan.onnx_path} -> {plan.output} (+ {plan.sidecar.name})",
-             f"optimization profile, batch x height x width: {plan.shape_range.describe()}"]
+    if plan.kept is None:
+        header = f"optimization profile, batch x height x width: {plan.shape_range.describe()}"
+    else:
+        low, opt, high = plan.kept
+        header = (f"mask engine profile: kept queries min {low}, opt {opt}, max {high}; per-image tensors follow the "
+                  f"detector's {plan.shape_range.describe()}")
+    lines = [f"{plan.onnx_path} -> {plan.output} (+ {plan.sidecar.name})", header]
     for name, p in plan.profiles.items():
         lines.append(f"  {name:<{width}}  min {format_shape(p.min)}  opt {format_shape(p.opt)}  "
                      f"max {format_shape(p.max)}")
@@ -99,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     size = plan.output.stat().st_size / MiB
     print(f"wrote {plan.output} ({size:.1f} MiB; TensorRT {info.tensorrt_version}, {info.gpu.describe()}, "
           f"built in {info.builder.get('build_seconds', 0):.0f} s) and {plan.sidecar}")
+    if plan.mask is not None:
+        print(f"wrote {plan.mask.output} ({plan.mask.output.stat().st_size / MiB:.1f} MiB) and {plan.mask.sidecar}; "
+              f"run the pair with panseg-rt infer --engine {plan.output}")
     return 0
 
 
