@@ -23,12 +23,11 @@ Fixes, each without effect on a single unpadded image's segmentation (``detr_com
   model predicted on the padding fills the rest. For an unpadded image the crop keeps the whole mask: no change.
 
 Speed without changing the result: only the kept queries are upsampled; the argmax is computed only at the processed
-pixels that the NEAREST resize actually samples (the others never reach the output), and mostly without upsampling
-(runtime/mask_argmax.py decides whole mask cells from bounds and evaluates only the contested pixels exactly);
-areas are counted at that resolution with the number of original pixels each sample becomes; after a query is
-dropped only the pixels it owned are recomputed. The argmax is taken over the logits instead of detr's softmax of
-them (softmax is monotonic; the two differ only where two logits are within float rounding of each other and
-detr's softmax rounds them to a tie; train/postprocess.py with ``detr_compat=True`` reproduces even that).
+pixels that the NEAREST resize actually samples (the others never reach the output); areas are counted at that
+resolution with the number of original pixels each sample becomes; after a query is dropped only the pixels it owned
+are recomputed. The argmax is taken over the logits instead of detr's softmax of them (softmax is monotonic; the
+two differ only where two logits are within float rounding of each other and detr's softmax rounds them to a tie;
+train/postprocess.py with ``detr_compat=True`` reproduces even that).
 
 Option ``merge_stuff=True``: stuff queries of one category are merged in every pass (their pixels are united into
 one segment, scored with the best of them) instead of detr's behaviour of dropping all but the first.
@@ -47,12 +46,11 @@ from PIL import Image
 
 from runtime.categories import Category
 from runtime.errors import PansegError
-from runtime.mask_argmax import UpsampledArgmax
-from runtime.mask_argmax import bilinear_taps as bilinear_taps  # re-exported: part of this module's API
 
 DEFAULT_THRESHOLD = 0.85
 MASK_STRIDE = 4  # the mask head's output stride (ResNet layer1 = ceil(H / 4))
 MAX_SMALL_AREA = 4  # detr drops segments whose area (in original pixels) is at most this
+_CHUNK_ELEMENTS = 1 << 22  # bound the K x rows x cols working array of the argmax (16 MB of float32)
 
 
 @dataclass
@@ -104,6 +102,21 @@ def valid_mask_region(processed_size: tuple[int, int], mask_shape: tuple[int, in
 
 
 @lru_cache(maxsize=256)
+def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D bilinear resampling n_in -> n_out, as F.interpolate(align_corners=False)."""
+    if n_in == n_out:
+        idx = np.arange(n_out)
+        return idx, idx, np.ones(n_out, np.float32), np.zeros(n_out, np.float32)
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    return i0, i1, np.float32(1.0) - w1, w1
+
+
+@lru_cache(maxsize=256)
 def nearest_taps(n_in: int, n_out: int) -> np.ndarray:
     """Source index of every output index of PIL's NEAREST resize n_in -> n_out.
 
@@ -119,6 +132,42 @@ def _sample_grid(n_processed: int, n_target: int) -> tuple[np.ndarray, np.ndarra
     taps = nearest_taps(n_processed, n_target)
     used, inverse, counts = np.unique(taps, return_inverse=True, return_counts=True)
     return used, counts, inverse
+
+
+class _Upsampled:
+    """Bilinear upsampled mask logits, evaluated lazily at the sampled pixels of the processed image."""
+
+    def __init__(self, masks: np.ndarray, processed_size: tuple[int, int], rows: np.ndarray, cols: np.ndarray):
+        h_in, w_in = masks.shape[-2:]
+        y0, y1, wy0, wy1 = bilinear_taps(h_in, int(processed_size[0]))
+        x0, x1, wx0, wx1 = bilinear_taps(w_in, int(processed_size[1]))
+        # Horizontal pass first, over the sampled columns only: K x h_in x len(cols).
+        self._horizontal = masks[:, :, x0[cols]] * wx0[cols] + masks[:, :, x1[cols]] * wx1[cols]
+        self._y0, self._y1, self._wy0, self._wy1 = y0[rows], y1[rows], wy0[rows], wy1[rows]
+
+    def rows(self, start: int, stop: int, queries: np.ndarray | slice = slice(None)) -> np.ndarray:
+        hz = self._horizontal[queries]
+        top = hz[:, self._y0[start:stop]]
+        top *= self._wy0[start:stop, None]
+        bottom = hz[:, self._y1[start:stop]]
+        bottom *= self._wy1[start:stop, None]
+        top += bottom
+        return top
+
+    def pixels(self, r: np.ndarray, c: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Values at sampled pixels (r, c) for ``queries`` -> len(queries) x len(r); same arithmetic as ``rows``."""
+        hz = self._horizontal[queries]
+        return hz[:, self._y0[r], c] * self._wy0[r] + hz[:, self._y1[r], c] * self._wy1[r]
+
+
+def _argmax_queries(up: _Upsampled, n_queries: int, shape: tuple[int, int]) -> np.ndarray:
+    n_rows, n_cols = shape
+    owner = np.empty(shape, dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_queries * n_cols))
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        owner[start:stop] = up.rows(start, stop).argmax(0)
+    return owner
 
 
 def _first_of_category(labels: np.ndarray, alive: np.ndarray, is_stuff: np.ndarray) -> np.ndarray:
@@ -164,19 +213,16 @@ def panoptic_segmentation(
 
     rows, row_counts, row_inverse = _sample_grid(int(processed_size[0]), target_h)
     cols, col_counts, col_inverse = _sample_grid(int(processed_size[1]), target_w)
-    # original pixels per sampled pixel; None when every sample is one pixel (shrinking), so areas are plain counts
-    one_each = bool((row_counts == 1).all() and (col_counts == 1).all())
-    weight = None if one_each else np.outer(row_counts, col_counts).astype(np.float64).ravel()
-    up = UpsampledArgmax(masks, processed_size, rows, cols)
-    owner = up.owners(np.arange(n))
+    weight = np.outer(row_counts, col_counts).astype(np.float64).ravel()  # original pixels per sampled pixel
+    up = _Upsampled(masks, processed_size, rows, cols)
+    owner = _argmax_queries(up, n, (rows.size, cols.size))
 
     alive = np.ones(n, dtype=bool)
     first_pass = True
     while True:
         rep = _first_of_category(labels, alive, is_stuff) if (first_pass or merge_stuff) else np.arange(n)
         segment = rep[owner]
-        area = np.bincount(segment.ravel(), weights=weight, minlength=n)
-        area = area.astype(np.int64) if weight is None else np.rint(area).astype(np.int64)
+        area = np.rint(np.bincount(segment.ravel(), weights=weight, minlength=n)).astype(np.int64)
         # detr's first pass judges every query by its own (de-duplicated) area, so stuff duplicates (area 0) go;
         # when merging, a query goes only if its whole merged segment is small.
         small = alive & ((area <= MAX_SMALL_AREA) if not merge_stuff else (area[rep] <= MAX_SMALL_AREA))
@@ -188,13 +234,14 @@ def panoptic_segmentation(
             return empty
         lost = ~alive[owner]
         r, c = np.nonzero(lost)
-        owner[r, c] = up.owners(np.flatnonzero(alive), r, c)
+        candidates = np.flatnonzero(alive)
+        owner[r, c] = candidates[up.pixels(r, c, candidates).argmax(0)]
 
     segment_queries = np.flatnonzero(alive & (rep == np.arange(n)))
     seg_ids = np.zeros(n, dtype=np.uint32)
     seg_ids[segment_queries] = np.arange(first_id, first_id + segment_queries.size, dtype=np.uint32)
     sampled_ids = seg_ids[segment]
-    id_map = sampled_ids if one_each else sampled_ids[row_inverse][:, col_inverse]
+    id_map = sampled_ids[row_inverse][:, col_inverse]
     boxes = _boxes(segment, segment_queries, row_counts, col_counts)
     segments_info = []
     for k, q in enumerate(segment_queries.tolist()):
