@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
+from tiny_models import separable as _separable
 
 from export.onnx import export_checkpoint, read_metadata
 from export.onnx.__main__ import main
@@ -40,15 +41,6 @@ TINY_DET = TINY.replace(masks=False, hidden_dim=64)
 THING, STUFF = 1, 8  # a thing and a stuff class of the synthetic category table
 
 
-def _separable(model: torch.nn.Module) -> torch.nn.Module:
-    """Make a random model look trained enough for the panoptic check to mean something: confident thing/stuff
-    predictions split between queries, and per-query masks that differ well beyond float rounding."""
-    with torch.no_grad():
-        model.detr.class_embed.bias[[THING, STUFF]] += 8.0
-        model.detr.class_embed.weight[STUFF] += 3.0 * torch.randn(model.detr.class_embed.weight.shape[1])
-        model.bbox_attention.q_linear.weight *= 3.0
-        model.mask_head.lay1.weight[:, TINY.hidden_dim:] *= 100.0
-    return model
 
 
 @pytest.fixture(scope="module")

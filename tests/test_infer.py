@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from test_runtime_lean import run_without_torch
+from tiny_models import separable as _separable
 from torch.utils.data import DataLoader
 
 from export.onnx import export_checkpoint
@@ -51,14 +52,6 @@ SIZE_ARGS = ["--size", str(EVAL_SIZE), "--max-size", str(EVAL_MAX)]
 THREADS = ["--threads", "1"]  # two shared cores
 
 
-def _separable(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights that still give confident thing/stuff queries and masks that differ (as test_export_onnx)."""
-    with torch.no_grad():
-        model.detr.class_embed.bias[[THING, STUFF]] += 8.0
-        model.detr.class_embed.weight[STUFF] += 3.0 * torch.randn(model.detr.class_embed.weight.shape[1])
-        model.bbox_attention.q_linear.weight *= 3.0
-        model.mask_head.lay1.weight[:, TINY.hidden_dim:] *= 100.0
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import separable as _separable
 
 from benchmarks.agreement import agreement
 from benchmarks.interleave import image_groups, rotated
@@ -28,14 +29,6 @@ ITERATIONS = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _separable(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights with confident thing/stuff queries and masks that differ (as tests/test_infer.py)."""
-    with torch.no_grad():
-        model.detr.class_embed.bias[[THING, STUFF]] += 8.0
-        model.detr.class_embed.weight[STUFF] += 3.0 * torch.randn(model.detr.class_embed.weight.shape[1])
-        model.bbox_attention.q_linear.weight *= 3.0
-        model.mask_head.lay1.weight[:, TINY.hidden_dim:] *= 100.0
-    return model
 
 
 @pytest.fixture(scope="module")

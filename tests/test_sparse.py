@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_models import separable as _separable
 
 from export.onnx import export_checkpoint, read_metadata
 from export.onnx.__main__ import main as export_main
@@ -41,14 +42,6 @@ THING, STUFF = 1, 8  # a thing and a stuff class of the synthetic category table
 ORT = {"intra_op_threads": 1, "optimized_cache": False}
 
 
-def _separable(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights with confident thing/stuff queries and masks that differ well beyond rounding."""
-    with torch.no_grad():
-        model.detr.class_embed.bias[[THING, STUFF]] += 8.0
-        model.detr.class_embed.weight[STUFF] += 3.0 * torch.randn(model.detr.class_embed.weight.shape[1])
-        model.bbox_attention.q_linear.weight *= 3.0
-        model.mask_head.lay1.weight[:, TINY.hidden_dim:] *= 100.0
-    return model
 
 
 def _padded(seed: int, shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
