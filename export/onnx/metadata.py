@@ -8,7 +8,6 @@ threshold, the input/output layouts and where the weights came from. ONNX Runtim
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ import onnx
 from runtime.atomic import dumps_json
 from runtime.categories import Category, categories_to_json
 from runtime.errors import PansegError
+from runtime.metadata_props import decode_metadata_props
 from runtime.postprocess import DEFAULT_THRESHOLD, MASK_STRIDE
 from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from train.models.config import DETRConfig
@@ -131,10 +131,4 @@ def read_metadata(model_or_path: onnx.ModelProto | str | os.PathLike) -> dict[st
             model = onnx.load(source, load_external_data=False)
         except (OSError, ValueError) as exc:
             raise PansegError(f"{source}: not a readable ONNX model ({exc})") from exc
-    out: dict[str, Any] = {}
-    for entry in model.metadata_props:
-        try:
-            out[entry.key] = json.loads(entry.value)
-        except json.JSONDecodeError as exc:
-            raise PansegError(f"{source}: metadata {entry.key!r} is not JSON ({exc})") from exc
-    return out
+    return decode_metadata_props(((e.key, e.value) for e in model.metadata_props), source)

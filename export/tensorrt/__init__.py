@@ -16,7 +16,6 @@ built before either is written, and the detector (whose side file makes the pair
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ from export.trt_operators import check_tensorrt_compatible
 from runtime.atomic import atomic_write_bytes
 from runtime.backends.base import sidecar_path
 from runtime.errors import PansegError
+from runtime.metadata_props import decode_metadata_props
 from runtime.sparse import mask_graph_file, mask_graph_path
 from runtime.trt_sidecar import EngineInfo, GpuInfo, TensorProfile
 
@@ -84,15 +84,9 @@ def _load_graph(onnx_path: Path) -> onnx.ModelProto:
 
 
 def _read_metadata(model: onnx.ModelProto, onnx_path: Path) -> dict[str, Any]:
-    """``metadata_props`` JSON-decoded, as export/onnx/metadata.py writes them. Not imported from there: that package
-    pulls in torch, which a machine that only builds engines need not have."""
-    out: dict[str, Any] = {}
-    for entry in model.metadata_props:
-        try:
-            out[entry.key] = json.loads(entry.value)
-        except json.JSONDecodeError as exc:
-            raise PansegError(f"{onnx_path}: metadata {entry.key!r} is not JSON ({exc})") from exc
-    return out
+    """``metadata_props`` JSON-decoded (not via export.onnx, whose package pulls in torch, which a machine that only
+    builds engines need not have)."""
+    return decode_metadata_props(((e.key, e.value) for e in model.metadata_props), str(onnx_path))
 
 
 def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
