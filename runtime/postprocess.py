@@ -23,9 +23,10 @@ Fixes, each without effect on a single unpadded image's segmentation (``detr_com
   model predicted on the padding fills the rest. For an unpadded image the crop keeps the whole mask: no change.
 
 Speed without changing the result: only the kept queries are upsampled; the argmax is computed only at the processed
-pixels that the NEAREST resize actually samples (the others never reach the output); areas are counted at that
-resolution with the number of original pixels each sample becomes; after a query is dropped only the pixels it owned
-are recomputed. The argmax is taken over the logits instead of detr's softmax of them (softmax is monotonic; the
+pixels that the NEAREST resize actually samples (the others never reach the output), in cache-sized bands with the
+queries as the last axis, on a few threads (runtime/upsample.py); areas are counted at that resolution with the
+number of original pixels each sample becomes; after a query is dropped only the pixels it owned are recomputed.
+The argmax is taken over the logits instead of detr's softmax of them (softmax is monotonic; the
 two differ only where two logits are within float rounding of each other and detr's softmax rounds them to a tie;
 train/postprocess.py with ``detr_compat=True`` reproduces even that).
 
@@ -46,11 +47,12 @@ from PIL import Image
 
 from runtime.categories import Category
 from runtime.errors import PansegError
+from runtime.upsample import SampledBilinear
+from runtime.upsample import bilinear_taps as bilinear_taps  # re-exported: it lived here before
 
 DEFAULT_THRESHOLD = 0.85
 MASK_STRIDE = 4  # the mask head's output stride (ResNet layer1 = ceil(H / 4))
 MAX_SMALL_AREA = 4  # detr drops segments whose area (in original pixels) is at most this
-_CHUNK_ELEMENTS = 1 << 22  # bound the K x rows x cols working array of the argmax (16 MB of float32)
 
 
 @dataclass
@@ -102,21 +104,6 @@ def valid_mask_region(processed_size: tuple[int, int], mask_shape: tuple[int, in
 
 
 @lru_cache(maxsize=256)
-def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of 1-D bilinear resampling n_in -> n_out, as F.interpolate(align_corners=False)."""
-    if n_in == n_out:
-        idx = np.arange(n_out)
-        return idx, idx, np.ones(n_out, np.float32), np.zeros(n_out, np.float32)
-    scale = np.float32(n_in) / np.float32(n_out)
-    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.minimum(src.astype(np.int64), n_in - 1)
-    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-    w1 = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
-    return i0, i1, np.float32(1.0) - w1, w1
-
-
-@lru_cache(maxsize=256)
 def nearest_taps(n_in: int, n_out: int) -> np.ndarray:
     """Source index of every output index of PIL's NEAREST resize n_in -> n_out.
 
@@ -132,42 +119,6 @@ def _sample_grid(n_processed: int, n_target: int) -> tuple[np.ndarray, np.ndarra
     taps = nearest_taps(n_processed, n_target)
     used, inverse, counts = np.unique(taps, return_inverse=True, return_counts=True)
     return used, counts, inverse
-
-
-class _Upsampled:
-    """Bilinear upsampled mask logits, evaluated lazily at the sampled pixels of the processed image."""
-
-    def __init__(self, masks: np.ndarray, processed_size: tuple[int, int], rows: np.ndarray, cols: np.ndarray):
-        h_in, w_in = masks.shape[-2:]
-        y0, y1, wy0, wy1 = bilinear_taps(h_in, int(processed_size[0]))
-        x0, x1, wx0, wx1 = bilinear_taps(w_in, int(processed_size[1]))
-        # Horizontal pass first, over the sampled columns only: K x h_in x len(cols).
-        self._horizontal = masks[:, :, x0[cols]] * wx0[cols] + masks[:, :, x1[cols]] * wx1[cols]
-        self._y0, self._y1, self._wy0, self._wy1 = y0[rows], y1[rows], wy0[rows], wy1[rows]
-
-    def rows(self, start: int, stop: int, queries: np.ndarray | slice = slice(None)) -> np.ndarray:
-        hz = self._horizontal[queries]
-        top = hz[:, self._y0[start:stop]]
-        top *= self._wy0[start:stop, None]
-        bottom = hz[:, self._y1[start:stop]]
-        bottom *= self._wy1[start:stop, None]
-        top += bottom
-        return top
-
-    def pixels(self, r: np.ndarray, c: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """Values at sampled pixels (r, c) for ``queries`` -> len(queries) x len(r); same arithmetic as ``rows``."""
-        hz = self._horizontal[queries]
-        return hz[:, self._y0[r], c] * self._wy0[r] + hz[:, self._y1[r], c] * self._wy1[r]
-
-
-def _argmax_queries(up: _Upsampled, n_queries: int, shape: tuple[int, int]) -> np.ndarray:
-    n_rows, n_cols = shape
-    owner = np.empty(shape, dtype=np.int64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, n_queries * n_cols))
-    for start in range(0, n_rows, step):
-        stop = min(n_rows, start + step)
-        owner[start:stop] = up.rows(start, stop).argmax(0)
-    return owner
 
 
 def _first_of_category(labels: np.ndarray, alive: np.ndarray, is_stuff: np.ndarray) -> np.ndarray:
@@ -188,11 +139,13 @@ def panoptic_segmentation(
     is_thing: Mapping[int, bool],
     merge_stuff: bool = False,
     first_id: int = 1,
+    threads: int | None = None,
 ) -> PanopticResult:
     """Panoptic segmentation of one image from its kept queries.
 
     ``masks``: K x h x w mask logits of the kept queries, already restricted to the image (see valid_mask_region);
-    ``scores``/``labels``: their class probabilities and category ids; sizes are (height, width).
+    ``scores``/``labels``: their class probabilities and category ids; sizes are (height, width). ``threads``: for
+    the argmax over queries (None: the CPUs available, at most 4); the result does not depend on it.
     """
     masks = np.asarray(masks, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -214,8 +167,8 @@ def panoptic_segmentation(
     rows, row_counts, row_inverse = _sample_grid(int(processed_size[0]), target_h)
     cols, col_counts, col_inverse = _sample_grid(int(processed_size[1]), target_w)
     weight = np.outer(row_counts, col_counts).astype(np.float64).ravel()  # original pixels per sampled pixel
-    up = _Upsampled(masks, processed_size, rows, cols)
-    owner = _argmax_queries(up, n, (rows.size, cols.size))
+    up = SampledBilinear(masks, processed_size, rows, cols)
+    owner = up.argmax(threads)
 
     alive = np.ones(n, dtype=bool)
     first_pass = True
@@ -233,9 +186,12 @@ def panoptic_segmentation(
         if not alive.any():
             return empty
         lost = ~alive[owner]
-        r, c = np.nonzero(lost)
         candidates = np.flatnonzero(alive)
-        owner[r, c] = candidates[up.pixels(r, c, candidates).argmax(0)]
+        if candidates.size == 1:  # the argmax over one query needs no values
+            owner[lost] = candidates[0]
+        else:
+            r, c = np.nonzero(lost)
+            owner[r, c] = candidates[up.argmax_at(r, c, candidates)]
 
     segment_queries = np.flatnonzero(alive & (rep == np.arange(n)))
     seg_ids = np.zeros(n, dtype=np.uint32)
@@ -269,25 +225,22 @@ def _boxes(segment: np.ndarray, queries: np.ndarray, row_counts: np.ndarray, col
     row_start = np.concatenate([[0], np.cumsum(row_counts)])
     col_start = np.concatenate([[0], np.cumsum(col_counts)])
     n_rows, n_cols = segment.shape
-    slot = np.full(int(segment.max()) + 1, -1, dtype=np.int64)
-    slot[queries] = np.arange(queries.size)
-    in_row = np.zeros((queries.size, n_rows), dtype=bool)
-    in_col = np.zeros((queries.size, n_cols), dtype=bool)
+    slot = np.zeros(int(segment.max()) + 1, dtype=np.intp)  # 0: not one of ``queries``
+    slot[queries] = np.arange(1, queries.size + 1)
     s = slot[segment]
-    valid = s >= 0
-    rr, cc = np.nonzero(valid)
-    in_row[s[valid], rr] = True
-    in_col[s[valid], cc] = True
-    boxes = []
-    for k in range(queries.size):
-        r0 = int(np.argmax(in_row[k]))
-        r1 = n_rows - 1 - int(np.argmax(in_row[k, ::-1]))
-        c0 = int(np.argmax(in_col[k]))
-        c1 = n_cols - 1 - int(np.argmax(in_col[k, ::-1]))
-        y0, y1 = int(row_start[r0]), int(row_start[r1 + 1])
-        x0, x1 = int(col_start[c0]), int(col_start[c1 + 1])
-        boxes.append([x0, y0, x1 - x0, y1 - y0])
-    return boxes
+    # Which rows and columns each query occurs in: one scatter of every sampled pixel each (slot 0 is dropped).
+    in_row = np.zeros((queries.size + 1, n_rows), dtype=bool)
+    in_row[s, np.arange(n_rows)[:, None]] = True
+    in_col = np.zeros((queries.size + 1, n_cols), dtype=bool)
+    in_col[s, np.arange(n_cols)] = True
+    in_row, in_col = in_row[1:], in_col[1:]
+    r0 = in_row.argmax(axis=1)
+    r1 = n_rows - 1 - in_row[:, ::-1].argmax(axis=1)
+    c0 = in_col.argmax(axis=1)
+    c1 = n_cols - 1 - in_col[:, ::-1].argmax(axis=1)
+    y0, y1 = row_start[r0], row_start[r1 + 1]
+    x0, x1 = col_start[c0], col_start[c1 + 1]
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.int64).tolist()
 
 
 def postprocess_panoptic(
@@ -300,6 +253,7 @@ def postprocess_panoptic(
     merge_stuff: bool = False,
     detr_compat: bool = False,
     mask_stride: int = MASK_STRIDE,
+    threads: int | None = None,
 ) -> list[PanopticResult]:
     """A batch of model outputs -> one PanopticResult per image (detr's PostProcessPanoptic, with the fixes).
 
@@ -326,7 +280,7 @@ def postprocess_panoptic(
             kept = kept[:, :rows, :cols]
         results.append(
             panoptic_segmentation(kept, scores, labels, size, target, is_thing, merge_stuff=merge_stuff,
-                                  first_id=0 if detr_compat else 1)
+                                  first_id=0 if detr_compat else 1, threads=threads)
         )
     return results
 
