@@ -122,6 +122,32 @@ def test_backbone_matches_torchvision_resnet_with_eval_batchnorm(name, dilation)
     assert got[3].shape[-2:] == ((4, 5) if dilation else (2, 3))
 
 
+def test_resnet18_dc5_dilates_layer4_like_torchvision_does_for_bottlenecks():
+    """torchvision refuses to dilate a BasicBlock; DC5 for ResNet-18/34 must keep its weights and mirror the
+    bottleneck rule: stride 1, the first block at dilation 1, later blocks at dilation 2 (output stride 16)."""
+    plain = Backbone("resnet18", return_interm_layers=True)
+    dc5 = Backbone("resnet18", return_interm_layers=True, dilation=True)
+    _randomize_(plain)
+    dc5.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        got = dc5(x)
+        y = plain(x)[2]  # layer3 output, unchanged by DC5
+        torch.testing.assert_close(got[2], y)
+        for index, block in enumerate(plain.body.layer4):
+            d = 1 if index == 0 else 2
+
+            def conv(t, c, d=d):
+                return F.conv2d(t, c.weight, None, stride=1, padding=d, dilation=d)
+
+            identity = y if block.downsample is None else block.downsample[1](
+                F.conv2d(y, block.downsample[0].weight, None, stride=1))
+            out = F.relu(block.bn1(conv(y, block.conv1)))
+            y = F.relu(block.bn2(conv(out, block.conv2)) + identity)
+    assert got[3].shape[-2:] == (4, 6)
+    torch.testing.assert_close(got[3], y, rtol=1e-4, atol=1e-5 * y.abs().max().item())
+
+
 def test_padding_mask_downsampling_is_nearest_as_detr():
     mask = torch.rand(3, 37, 53) > 0.6
     h, w = 5, 7
@@ -461,8 +487,7 @@ def test_config_dict_round_trip_and_validation():
         DETRConfig.from_dict({**as_dict, "colour": "red"})
     with pytest.raises(PansegError, match="hidden_dim must be int"):
         DETRConfig.from_dict({**as_dict, "hidden_dim": "128"})
-    with pytest.raises(PansegError, match="dilation"):
-        DETRConfig(backbone="resnet18", dilation=True)
+    assert DETRConfig(backbone="resnet18", dilation=True).dilation  # DC5 for BasicBlock ResNets too
     with pytest.raises(PansegError, match="not divisible by nheads"):
         DETRConfig(hidden_dim=256, nheads=7, masks=False)
     with pytest.raises(PansegError, match="mask head"):

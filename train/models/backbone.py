@@ -51,15 +51,32 @@ def downsample_padding_mask(padding_mask: Tensor, size: tuple[int, int] | torch.
     return F.interpolate(padding_mask[:, None].float(), size=size, mode="nearest")[:, 0].bool()
 
 
+def dilate_basic_layer4(layer4: nn.Sequential) -> None:
+    """DC5 for ResNet-18/34, whose BasicBlock torchvision refuses to dilate: the same change torchvision makes to a
+    bottleneck layer4 (stride 1; the first block keeps dilation 1, later blocks use dilation 2), done on the built
+    convolutions, so parameter names and shapes stay the standard ones."""
+    for index, block in enumerate(layer4):
+        for conv in (block.conv1, block.conv2):
+            conv.stride = (1, 1)
+            if index > 0:
+                conv.dilation, conv.padding = (2, 2), (2, 2)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+
+
 class Backbone(nn.Module):
     """torchvision ResNet (random init, FrozenBatchNorm2d) returning layer4, or layer1..layer4 for the mask head."""
 
     def __init__(self, name: str, train_backbone: bool = True, return_interm_layers: bool = False,
                  dilation: bool = False):
         super().__init__()
+        bottleneck = name in ("resnet50", "resnet101")
         resnet = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
+            weights=None, replace_stride_with_dilation=[False, False, dilation and bottleneck],
+            norm_layer=FrozenBatchNorm2d,
         )
+        if dilation and not bottleneck:
+            dilate_basic_layer4(resnet.layer4)
         # detr trains layer2-4 only: the stem and layer1 stay as initialised (ImageNet weights in detr).
         for pname, param in resnet.named_parameters():
             if not train_backbone or not any(f"layer{i}" in pname for i in (2, 3, 4)):

@@ -64,8 +64,6 @@ class DETRConfig:
         problems = []
         if self.backbone not in BACKBONE_CHANNELS:
             problems.append(f"backbone {self.backbone!r} is not one of {sorted(BACKBONE_CHANNELS)}")
-        elif self.dilation and self.backbone not in BOTTLENECK_BACKBONES:
-            problems.append(f"dilation (DC5) needs a bottleneck ResNet (resnet50/101), not {self.backbone}")
         for name in ("hidden_dim", "nheads", "dim_feedforward", "num_queries", "num_classes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
