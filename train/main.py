@@ -9,6 +9,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist_utils.cleanup()
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Training:
+    """Everything one training run needs besides the data, built from the command-line flags."""
+
+    model: torch.nn.Module  # what the optimizer steps: the DETR (maybe with its token head), DDP-wrapped if enabled
+    model_without_ddp: torch.nn.Module  # the detr-compatible model whose state dict is the checkpoint's 'model'
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: DETRConfig
+    categories: list[dict[str, Any]]
+    device: str
+    info: dist_utils.DistInfo
+    token_head: torch.nn.Module | None = None
+    frozen_modules: list[torch.nn.Module] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None
+
+
+def build_training(args: argparse.Namespace) -> Training:
+    """Model, criterion, optimizer and schedule as detr's main.py sets them up (plus our training-only helpers)."""
     args.coco_panoptic_path = args.coco_panoptic_path or args.coco_path
     if args.frozen_weights and not args.masks:
         raise PansegError("--frozen_weights is for training the mask head: add --masks")
@@ -152,6 +172,16 @@ def run(args: argparse.Namespace) -> int:
     optimizer = build_optimizer(trained, args.lr, args.lr_backbone, args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, args.lr_schedule, args.epochs, args.lr_drop, args.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.startswith("cuda") else None
+    return Training(model, model_without_ddp, criterion, optimizer, scheduler, config, categories, device, info,
+                    token_head, frozen_modules, scaler)
+
+
+def run(args: argparse.Namespace) -> int:
+    t = build_training(args)
+    model, model_without_ddp, criterion, optimizer, scheduler = (
+        t.model, t.model_without_ddp, t.criterion, t.optimizer, t.scheduler)
+    config, categories, device, info, token_head = t.config, t.categories, t.device, t.info, t.token_head
+    frozen_modules, scaler = t.frozen_modules, t.scaler
 
     train_loader, val_loader, sampler = build_loaders(args, info)
 
