@@ -2,14 +2,17 @@
 
     python -m benchmarks.latency --out bench/latency                     # DETR-R50 (random weights) on photos
     python -m benchmarks.latency --checkpoint ckpt.pth --images DIR --out DIR [--onnx model.onnx]
-        [--engine model.plan] [--backends eager,onnxruntime,tensorrt] [--size 800] [--batch 1,2]
-        [--warmup N --iterations N] [--threads N]
+        [--onnx-full model_full.onnx] [--engine model.plan] [--backends eager,onnxruntime,onnxruntime-full,tensorrt]
+        [--size 800] [--batch 1,2] [--warmup N --iterations N] [--threads N]
 
 Backends (benchmarks/pipelines.py): eager (PyTorch + detr's PostProcessPanoptic), onnxruntime (the runtime's infer
-path on the exported model, CPU), onnxruntime-cuda / onnxruntime-tensorrt (ONNX Runtime GPU providers) and tensorrt
-(a .plan); those that cannot run here are listed in the report as skipped, with the reason. Without --onnx the
-checkpoint is exported (and verified) first. Calls are interleaved round-robin (benchmarks/interleave.py). The report
-(report.md, report.json, two PNGs) is described in benchmarks/report.py.
+path on the exported model, CPU: the query-sparse pair by default), onnxruntime-full (the same on detr's single
+graph, every query's mask), onnxruntime-cuda / onnxruntime-tensorrt (ONNX Runtime GPU providers) and tensorrt (a
+.plan); those that cannot run here are listed in the report as skipped, with the reason. Without --onnx /
+--onnx-full the checkpoint is exported (and verified) into --out first (model.onnx + model.masks.onnx,
+model_full.onnx). Calls are interleaved round-robin (benchmarks/interleave.py). FLOPs per stage are counted at each
+backend's own kept-query count in the run (benchmarks/flops.py). The report (report.md, report.json, two PNGs) is
+described in benchmarks/report.py.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import torch
 
 from benchmarks import defaults, hardware
 from benchmarks.agreement import agreement
-from benchmarks.flops import count_call_flops
+from benchmarks.flops import STAGE_DESCRIPTIONS, count_call_flops, kept_queries
 from benchmarks.interleave import image_groups, run_interleaved
 from benchmarks.pipelines import (
     BACKENDS,
     EagerPipeline,
     ResizeSettings,
+    batch_key,
     build_runtime_pipeline,
     unavailable_reason,
 )
@@ -48,6 +52,8 @@ from train.datasets.collate import pad_images
 from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
 
 VERIFY_MAX_IMAGES = 2
+SPARSE_EXPORT_NAME = "model.onnx"  # + model.masks.onnx
+FULL_EXPORT_NAME = "model_full.onnx"
 
 
 def _positive_list(text: str) -> list[int]:
@@ -77,8 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="folder of photos (default: scikit-image's astronaut, coffee, chelsea, "
                                                "rocket as JPEG)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
-    p.add_argument("--onnx", type=Path, help="exported model to run (default: export the checkpoint into --out)")
-    p.add_argument("--full", action="store_true", help="when exporting: detr's single graph instead of query-sparse")
+    p.add_argument("--onnx", type=Path, help="exported model the onnxruntime backend runs (default: export the "
+                                             "checkpoint's query-sparse pair into --out)")
+    p.add_argument("--onnx-full", type=Path,
+                   help="detr's single-graph export the onnxruntime-full backend runs (default: export it into --out, "
+                        "or reuse --onnx when that is a single graph)")
+    p.add_argument("--full", action="store_true",
+                   help="when exporting for --onnx: detr's single graph instead of query-sparse")
     p.add_argument("--engine", type=Path, help="TensorRT .plan for the tensorrt backend")
     p.add_argument("--backends", type=_backend_list, default=list(BACKENDS),
                    help=f"comma-separated, from {', '.join(BACKENDS)} (default: all; unavailable ones are skipped "
@@ -106,7 +117,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PansegError(f"--warmup must be at least 0, got {args.warmup}")
     if args.size is not None and args.size < 1:
         raise PansegError(f"--size must be at least 1, got {args.size}")
-    for flag, path in (("--checkpoint", args.checkpoint), ("--onnx", args.onnx), ("--engine", args.engine)):
+    for flag, path in (("--checkpoint", args.checkpoint), ("--onnx", args.onnx), ("--onnx-full", args.onnx_full),
+                       ("--engine", args.engine)):
         if path is not None and not path.is_file():
             raise PansegError(f"{path}: {flag} file not found")
     if args.images is not None and not args.images.is_dir():
@@ -141,6 +153,54 @@ def eager_batch(paths: list[Path], settings: ResizeSettings) -> tuple[torch.Tens
     return pad_images([transform(open_rgb(p), None)[0] for p in paths])
 
 
+def _export(checkpoint: Path, path: Path, photos: list[Path], full: bool, quiet: bool) -> float:
+    """Export ``checkpoint`` to ``path`` (verified on the benchmark's photos); returns the seconds it took."""
+    kind = "detr's single graph" if full else "query-sparse pair"
+    print(f"exporting {checkpoint.name} -> {path} ({kind}, verified) ...", file=sys.stderr)
+    started = time.perf_counter()
+    exported = export_checkpoint(checkpoint, path, verify_images=photos[0].parent, verify_max_images=VERIFY_MAX_IMAGES,
+                                 progress=not quiet, full=full)
+    if not exported.passed:
+        raise PansegError(f"{exported.path}: the export failed verification; see python -m export.onnx "
+                          f"{checkpoint}{' --full' if full else ''} --report FILE.json")
+    return time.perf_counter() - started
+
+
+def _model_info(path: Path) -> ModelInfo:
+    with select_backend(path, "onnxruntime") as probe:
+        return parse_model_info(probe.metadata(), str(path))
+
+
+def prepare_models(args: argparse.Namespace, checkpoint: Path, photos: list[Path], needed: set[str],
+                   model_record: dict[str, Any]) -> tuple[dict[str, Path | None], ModelInfo | None]:
+    """The model file of each ``model_file`` kind the running backends need ("onnx", "onnx-full", "engine"),
+    exporting what was not given, and the metadata that decides the resize policy and threshold."""
+    out: Path = args.out
+    onnx_path, full_path = args.onnx, args.onnx_full
+    if onnx_path is None and "onnx" in needed:
+        onnx_path = out / SPARSE_EXPORT_NAME
+        model_record["export_seconds"] = _export(checkpoint, onnx_path, photos, args.full, args.quiet)
+    info = full_info = None
+    if onnx_path is not None:
+        info = _model_info(onnx_path)
+        model_record.update(onnx=str(onnx_path), mask_graph=info.mask_graph,
+                            export="query-sparse" if info.mask_graph else "full (single graph)")
+    if full_path is None and "onnx-full" in needed:
+        if info is not None and info.mask_graph is None:  # --onnx (or --full) is already detr's single graph
+            full_path = onnx_path
+        else:
+            full_path = out / FULL_EXPORT_NAME
+            model_record["export_full_seconds"] = _export(checkpoint, full_path, photos, True, args.quiet)
+    if full_path is not None:
+        full_info = _model_info(full_path)
+        if full_info.mask_graph is not None:
+            raise PansegError(f"{full_path}: --onnx-full must be detr's single graph, but this is a query-sparse "
+                              f"export (its mask graph is {full_info.mask_graph}); export one with python -m "
+                              "export.onnx CHECKPOINT --full")
+        model_record["onnx_full"] = str(full_path)
+    return {"onnx": onnx_path, "onnx-full": full_path, "engine": args.engine}, info or full_info
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     _check_args(args)
     torch.set_num_threads(args.threads)
@@ -166,24 +226,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         selected = {name: BACKENDS[name] for name in args.backends}
         skipped = {name: reason for name, spec in selected.items()
                    if (reason := unavailable_reason(spec, args.engine)) is not None}
-        onnx_path = args.onnx
-        needs_onnx = any(s.model_file == "onnx" and s.runtime_backend and n not in skipped for n, s in selected.items())
-        if onnx_path is None and needs_onnx:
-            onnx_path = out / "model.onnx"
-            print(f"exporting {checkpoint.name} -> {onnx_path} (verified) ...", file=sys.stderr)
-            started = time.perf_counter()
-            exported = export_checkpoint(checkpoint, onnx_path, verify_images=photos[0].parent,
-                                         verify_max_images=VERIFY_MAX_IMAGES, progress=not args.quiet, full=args.full)
-            if not exported.passed:
-                raise PansegError(f"{exported.path}: the export failed verification; see python -m export.onnx "
-                                  f"{checkpoint} --report FILE.json")
-            model_record["export_seconds"] = time.perf_counter() - started
-        info = None
-        if onnx_path is not None:
-            with select_backend(onnx_path, "onnxruntime") as probe:
-                info = parse_model_info(probe.metadata(), str(onnx_path))
-            model_record.update(onnx=str(onnx_path), mask_graph=info.mask_graph,
-                                export="query-sparse" if info.mask_graph else "full (single graph)")
+        needed = {s.model_file for n, s in selected.items() if s.runtime_backend and n not in skipped}
+        model_files, info = prepare_models(args, checkpoint, photos, needed, model_record)
         settings = resize_settings(args, loaded, info)
 
         pipelines: dict[str, Any] = {}
@@ -199,7 +243,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 pipeline = EagerPipeline(loaded.model, {c.id: bool(c.isthing) for c in loaded.categories.values()},
                                          settings, info.mask_stride if info else 4)
             else:
-                pipeline = build_runtime_pipeline(spec, onnx_path, args.engine, args.threads, settings)
+                model_path = model_files[spec.model_file]
+                assert model_path is not None  # prepare_models provides every needed file
+                pipeline = build_runtime_pipeline(spec, model_path, args.threads, settings)
                 stack.callback(pipeline.close)
             pipelines[name] = pipeline
             loaded_rss = eager_load_rss if spec.runtime_backend is None else hardware.current_rss() - before
@@ -214,15 +260,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         flops_record = {}
         for batch in args.batch:
             groups = image_groups(photos, batch)
-            counted = [count_call_flops(loaded.model, *eager_batch(g, settings), settings.threshold) for g in groups]
-            flops_record[str(batch)] = [vars(c) for c in counted]
+            counted = [count_call_flops(loaded.model, *eager_batch(g, settings)) for g in groups]
+            flops_record[str(batch)] = [c.to_json() for c in counted]
             with hardware.RssSampler() as sampler:
                 runs = run_interleaved(pipelines, groups, args.iterations, args.warmup, not args.quiet,
                                        f"batch {batch}")
             for name, result in runs.items():
-                kind = pipelines[name].flops_kind
-                flops = [getattr(c, kind) for c in counted]
-                row = result_row(name, batch, result, flops, peak["flops_per_second"],
+                pipeline = pipelines[name]
+                # the queries this backend kept in the run (its last call on each batch), summed over the batch
+                kept = [kept_queries(pipeline.logits[batch_key(g)], settings.threshold) for g in groups]
+                stage_flops = [c.breakdown(pipeline.flops_kind, k) for c, k in zip(counted, kept, strict=True)]
+                row = result_row(name, batch, result, stage_flops, kept, peak["flops_per_second"],
                                  sampler.peak_within([s.window for s in result.samples]))
                 reference = runs["eager"].results if "eager" in runs else None
                 row["agreement"] = (agreement([r for g in reference for r in g], [r for g in result.results for r in g],
@@ -250,9 +298,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                          "order": "round-robin per (iteration, batch of images), order rotated each time",
                          "timed": "image file -> panoptic result (decode, resize, normalize, pad, model, merge)"},
             "peak": peak,
-            "flops": {"method": "torch.utils.flop_counter.FlopCounterMode on the eager forward (matmul/conv, 2 per "
-                                "multiply-add); sparse = detector + kept queries' share of the mask head",
-                      "per_batch": flops_record},
+            "flops": {"method": "torch.utils.flop_counter.FlopCounterMode on the eager modules at each batch's "
+                                "shape (matmul/conv, 2 per multiply-add), per stage; full (eager, single graph) = "
+                                "every query's mask, sparse = detector + the queries kept in the run",
+                      "stages": STAGE_DESCRIPTIONS, "per_batch": flops_record},
             "memory": {"process_peak_rss_mb": hardware.process_peak_rss() / 2**20,
                        "gpu": ("not measured by this benchmark yet" if any(
                            n != "eager" and backend_records[n]["copies"].startswith("host") for n in pipelines)

@@ -8,12 +8,16 @@ measured around all three, separately from the stages, so the report can show th
   transform (train.datasets.transforms), detr's padding, ``model(images, mask)`` under ``torch.inference_mode``, and
   :class:`train.postprocess.PostProcessPanoptic` (detr's semantics).
 - the runtime runners: exactly what ``panseg-rt infer`` runs (runtime.infer.Pipeline: runtime.preprocess, the backend
-  chosen by runtime.backends.select_backend, runtime.postprocess / runtime.sparse), on whatever the export produced
-  (the query-sparse pair by default, detr's single graph with ``--full``). For TensorRT the engine stage includes the
-  host<->device copies (the backend copies inside ``infer``).
+  chosen by runtime.backends.select_backend, runtime.postprocess / runtime.sparse): ``onnxruntime`` on the
+  ``--onnx`` model (the query-sparse pair by default), ``onnxruntime-full`` on detr's single graph (every query's
+  mask; ``--onnx-full``). For TensorRT the engine stage includes the host<->device copies (the backend copies inside
+  ``infer``).
 
-``BACKENDS`` is the table of what can be benchmarked; another variant (e.g. "onnxruntime-full" on a ``--full``
-export) is one more entry.
+Each runner also remembers the class logits of its last call per batch of images (``logits``; one dict store after
+the last stage), so the benchmark can count the queries that backend kept in the run (the query-sparse FLOPs depend
+on it).
+
+``BACKENDS`` is the table of what can be benchmarked; another variant is one more entry.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,6 +80,11 @@ class _StageClock:
         self._last = now
 
 
+def batch_key(paths: Sequence[Path]) -> tuple[str, ...]:
+    """The key of a batch of images in a runner's ``logits``."""
+    return tuple(str(p) for p in paths)
+
+
 class EagerPipeline:
     """PyTorch eager, as a detr user runs it (see the module docstring)."""
 
@@ -87,6 +97,7 @@ class EagerPipeline:
         self.model = model.eval()
         self.transform = Compose([RandomResize([settings.size], max_size=settings.max_size), ToTensor(), Normalize()])
         self.postprocess = PostProcessPanoptic(is_thing, threshold=settings.threshold, mask_stride=mask_stride)
+        self.logits: dict[tuple[str, ...], torch.Tensor] = {}  # last call's pred_logits per batch of images
 
     def __call__(self, paths: Sequence[Path]) -> CallResult:
         clock = _StageClock()
@@ -101,6 +112,7 @@ class EagerPipeline:
         clock.lap("engine")
         results = self.postprocess(outputs, processed, originals)
         clock.lap("postprocess")
+        self.logits[batch_key(paths)] = outputs["pred_logits"]
         return CallResult(sum(clock.stages.values()), clock.stages, results, clock.started)
 
     def close(self) -> None:
@@ -129,6 +141,7 @@ class RuntimePipeline:
         options = InferOptions(threshold=settings.threshold, size=settings.size, max_size=settings.max_size,
                                progress=False, prefetch=False)
         self.pipeline = Pipeline(loaded, self.info, options, shape, mask_backend)
+        self.logits: dict[tuple[str, ...], np.ndarray] = {}  # last call's pred_logits per batch of images
         self.flops_kind = "sparse" if mask_backend is not None else "full"
         self.copies = ("host<->device copies included in the engine stage" if backend == "tensorrt"
                        or any(p != "CPUExecutionProvider" for p in getattr(loaded, "providers", []))
@@ -146,6 +159,7 @@ class RuntimePipeline:
         results = [self.pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k])
                    for k in range(len(batch.jobs))]
         clock.lap("postprocess")
+        self.logits[batch_key(paths)] = logits
         return CallResult(sum(clock.stages.values()), clock.stages, results, clock.started)
 
     def close(self) -> None:
@@ -163,13 +177,16 @@ class BackendSpec:
     description: str
     runtime_backend: str | None = None  # None: PyTorch eager
     providers: tuple[str, ...] = ()
-    model_file: str = "onnx"  # "onnx" (--onnx or the export) or "engine" (--engine)
+    model_file: str = "onnx"  # "onnx" (--onnx or its export), "onnx-full" (--onnx-full or its export), "engine"
     requires: tuple[str, ...] = field(default=())  # python modules that must be importable
 
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("eager", "PyTorch eager + detr's PostProcessPanoptic"),
-    BackendSpec("onnxruntime", "ONNX Runtime, CPU provider, the runtime's infer path", "onnxruntime", ("cpu",)),
+    BackendSpec("onnxruntime", "ONNX Runtime, CPU provider, the runtime's infer path (--onnx: query-sparse pair "
+                "by default)", "onnxruntime", ("cpu",)),
+    BackendSpec("onnxruntime-full", "ONNX Runtime, CPU provider, the runtime's infer path on detr's single graph "
+                "(every query's mask)", "onnxruntime", ("cpu",), model_file="onnx-full"),
     BackendSpec("onnxruntime-cuda", "ONNX Runtime, CUDA provider", "onnxruntime", ("cuda",)),
     BackendSpec("onnxruntime-tensorrt", "ONNX Runtime, TensorRT provider", "onnxruntime", ("tensorrt",)),
     BackendSpec("tensorrt", "TensorRT engine (.plan), the runtime's TensorRT backend", "tensorrt",
@@ -197,11 +214,10 @@ def unavailable_reason(spec: BackendSpec, engine: Path | None) -> str | None:
     return None
 
 
-def build_runtime_pipeline(spec: BackendSpec, onnx_path: Path, engine: Path | None, threads: int,
-                           settings: ResizeSettings) -> RuntimePipeline:
-    """Load ``spec``'s model with the same thread count the eager run uses."""
+def build_runtime_pipeline(spec: BackendSpec, model_path: Path, threads: int, settings: ResizeSettings
+                           ) -> RuntimePipeline:
+    """Load ``spec``'s model (the file its ``model_file`` names) with the same thread count the eager run uses."""
     if spec.runtime_backend == "onnxruntime":
         options: dict[str, Any] = {"providers": spec.providers, "intra_op_threads": threads}
-        return RuntimePipeline(spec.name, onnx_path, "onnxruntime", options, settings)
-    assert engine is not None
-    return RuntimePipeline(spec.name, engine, "tensorrt", {}, settings)
+        return RuntimePipeline(spec.name, model_path, "onnxruntime", options, settings)
+    return RuntimePipeline(spec.name, model_path, "tensorrt", {}, settings)

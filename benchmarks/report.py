@@ -8,8 +8,12 @@ Each row of ``results`` is one (backend, batch size). Definitions, so the JSON c
 - ``stages_ms``: mean seconds per stage x 1000; ``stage_sum_ms`` their sum (about the mean latency; the rest is call
   overhead).
 - ``speedup_vs_eager`` = eager's mean latency / this mean latency, same batch size, same run.
-- ``flops_per_call``: mean over the image batches of the counted FLOPs (benchmarks/flops.py; the query-sparse count for
-  a query-sparse export); ``achieved_flops_per_second`` = flops_per_call / (engine stage mean in seconds);
+- ``kept_queries``: per image batch, the queries this backend kept in the run (select_queries at the threshold on its
+  own logits, summed over the batch); ``masks_per_call`` the mean number of query masks it computed (full: batch x
+  queries; query-sparse: the kept ones).
+- ``flops_per_group``: per image batch, FLOPs per stage (benchmarks/flops.py: backbone, transformer, mask_per_image,
+  mask_queries), ``masks`` and their ``total``; ``flops_stages`` their mean over the batches; ``flops_per_call`` =
+  flops_stages["total"]. ``achieved_flops_per_second`` = flops_per_call / (engine stage mean in seconds);
   ``share_of_peak`` = achieved / the measured matmul peak.
 - ``cv_same_input``: the largest coefficient of variation among calls on the *same* batch of images (the overall CV
   also contains the differences between photos); above 5% the row is flagged unstable.
@@ -24,19 +28,22 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.flops import STAGE_TITLES
+from benchmarks.flops import STAGES as FLOP_STAGES
 from benchmarks.interleave import PipelineRun
 from benchmarks.pipelines import STAGES
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.bench import PERCENTILE_METHOD, UNSTABLE_CV, latency_stats
 
-JSON_VERSION = 1
+JSON_VERSION = 2  # 2: onnxruntime-full backend, per-stage FLOPs at the kept count measured in the run
 LATENCY_PLOT = "latency_distribution.png"
 STAGES_PLOT = "stages.png"
 
 
-def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequence[int], peak: float,
-               peak_rss: int | None) -> dict[str, Any]:
-    """The numbers of one (backend, batch) from its samples (speedup and agreement are added by the caller)."""
+def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequence[Mapping[str, int]],
+               kept_queries: Sequence[int], peak: float, peak_rss: int | None) -> dict[str, Any]:
+    """The numbers of one (backend, batch) from its samples and its per-stage FLOPs of each image batch (speedup
+    and agreement are added by the caller)."""
     totals_ms = np.array([s.total * 1e3 for s in run.samples])
     stats = latency_stats(totals_ms).to_json()
     stats["p50"] = stats["median"]
@@ -45,7 +52,8 @@ def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequ
     for s in run.samples:
         by_group.setdefault(s.group, []).append(s.total * 1e3)
     cv_same = max(latency_stats(v).cv for v in by_group.values())
-    flops = float(np.mean(flops_per_group))
+    flops_stages = {key: float(np.mean([g[key] for g in flops_per_group])) for key in (*FLOP_STAGES, "total")}
+    flops = flops_stages["total"]
     achieved = flops / (stages["engine"] / 1e3)
     return {
         "backend": backend,
@@ -55,6 +63,10 @@ def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequ
         "throughput_images_per_s": batch * 1e3 / stats["mean"],
         "stages_ms": stages,
         "stage_sum_ms": sum(stages.values()),
+        "kept_queries": [int(k) for k in kept_queries],
+        "masks_per_call": float(np.mean([g["masks"] for g in flops_per_group])),
+        "flops_per_group": [dict(g) for g in flops_per_group],
+        "flops_stages": flops_stages,
         "flops_per_call": flops,
         "achieved_flops_per_second": achieved,
         "share_of_peak": achieved / peak,
@@ -131,12 +143,21 @@ def markdown(report: Mapping[str, Any]) -> str:
     peak = report["peak"]
     out += ["## Compute: FLOPs and share of this machine's fp32 peak", "",
             f"Measured peak: {_flops(peak['flops_per_second'])}FLOP/s ({peak['method']}, {peak['threads']} threads)."
-            " FLOPs: torch.utils.flop_counter on the eager forward at each batch's shape (matmuls and convolutions);"
-            " a query-sparse backend is credited with the detector plus its kept queries' masks only.", ""]
+            " FLOPs: torch.utils.flop_counter on the eager modules at each batch's shape (matmuls and convolutions);"
+            " eager and detr's single graph are credited with every query's mask, a query-sparse backend with the"
+            " detector plus the masks of the queries it kept in this run.", ""]
     out += _table(["backend", "batch", "FLOPs per call", "counted as", "engine ms", "achieved FLOP/s", "share of peak"],
                   [[r["backend"], r["batch"], _flops(r["flops_per_call"]), report["backends"][r["backend"]]["flops"],
                     _ms(r["stages_ms"]["engine"]), _flops(r["achieved_flops_per_second"]),
                     f"{r['share_of_peak']:.1%}"] for r in rows])
+    out += ["### FLOPs per stage, per call (mean over the image batches)", "",
+            "- kept: queries above the threshold in this backend's own run, summed over the batch",
+            "- masks: query masks computed (full: batch x queries; query-sparse: the kept ones)"]
+    out += [f"- {STAGE_TITLES[k]}: {v}" for k, v in report["flops"]["stages"].items()] + [""]
+    out += _table(["backend", "batch", "kept", "masks", *(STAGE_TITLES[k] for k in FLOP_STAGES), "total"],
+                  [[r["backend"], r["batch"], f"{np.mean(r['kept_queries']):g}", f"{r['masks_per_call']:g}",
+                    *(_flops(r["flops_stages"][k]) for k in FLOP_STAGES), _flops(r["flops_stages"]["total"])]
+                   for r in rows])
     out += ["## Agreement with eager (eager's output as ground truth)", ""]
     out += _table(["backend", "batch", "pixel agreement", "same segments", "PQ vs eager", "segments (eager / backend)"],
                   [[r["backend"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",

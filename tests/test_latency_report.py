@@ -12,10 +12,14 @@ from PIL import Image
 from tiny_models import separable as _separable
 
 from benchmarks.agreement import agreement
+from benchmarks.flops import STAGES
 from benchmarks.interleave import image_groups, rotated
-from benchmarks.latency import main
+from benchmarks.latency import eager_batch, list_photos, main
+from benchmarks.pipelines import ResizeSettings
+from export.onnx.loading import load_for_export
+from export.onnx.sparse import DetectorGraph, MaskGraph
 from runtime.categories import categories_to_json
-from runtime.postprocess import PanopticResult
+from runtime.postprocess import PanopticResult, select_queries
 from train.checkpoint import save_checkpoint
 from train.models import DETRConfig, build_model
 from train.prepare.synthetic import categories as synthetic_categories
@@ -27,8 +31,7 @@ THING, STUFF = 1, 8  # circle and wall of the synthetic category table
 BATCHES = (1, 2)
 ITERATIONS = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
+FULL, SPARSE = "onnxruntime-full", "onnxruntime"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,8 @@ def test_every_field_is_present_and_every_available_backend_ran(report):
     for key in ("command", "machine", "versions", "model", "settings", "peak", "flops", "memory", "backends",
                 "results", "warnings", "notes"):
         assert key in data, key
-    assert data["backends"]["eager"]["status"] == "ran" and data["backends"]["onnxruntime"]["status"] == "ran"
+    for name in ("eager", SPARSE, FULL):
+        assert data["backends"][name]["status"] == "ran", name
     skipped = {n: b for n, b in data["backends"].items() if b["status"] == "skipped"}
     assert "tensorrt" in skipped and all(b["note"] for b in skipped.values())  # no GPU here: skipped with a reason
     ran = sorted(n for n, b in data["backends"].items() if b["status"] == "ran")
@@ -65,6 +69,28 @@ def test_every_field_is_present_and_every_available_backend_ran(report):
     assert data["settings"]["threads"] == 1 and data["settings"]["size"] == 64
     assert "--size 64" in data["command"]
     assert data["model"]["export"] == "query-sparse"
+    assert Path(data["model"]["onnx_full"]).is_file() and data["model"]["onnx_full"] != data["model"]["onnx"]
+    assert data["model"]["export_full_seconds"] > 0
+
+
+def test_the_full_graph_backend_has_every_field_the_others_have(report):
+    data, _ = report
+    assert data["backends"][FULL]["flops"] == data["backends"]["eager"]["flops"] == "full"
+    assert data["backends"][SPARSE]["flops"] == "sparse"
+    assert set(data["backends"][FULL]) == set(data["backends"][SPARSE])
+    by_key = {(r["backend"], r["batch"]): r for r in data["results"]}
+    for batch in BATCHES:
+        full, sparse = by_key[FULL, batch], by_key[SPARSE, batch]
+        assert set(full) == set(sparse) == set(by_key["eager", batch])
+        for key, value in full.items():
+            if key == "peak_rss_mb" and None in (value, sparse[key]):
+                continue  # the RSS sampler may see no sample inside a call of a few ms
+            assert value is not None, key
+            assert isinstance(value, type(sparse[key])) or {type(value), type(sparse[key])} <= {int, float}, key
+        assert set(full["flops_stages"]) == set(sparse["flops_stages"]) == {*STAGES, "total"}
+        # the single graph computes every query's mask, the sparse pair only the kept ones
+        assert full["masks_per_call"] == batch * TINY.num_queries
+        assert sparse["masks_per_call"] == pytest.approx(np.mean(sparse["kept_queries"]))
 
 
 def test_latency_statistics_are_consistent(report):
@@ -99,15 +125,76 @@ def test_flops_and_share_of_peak_follow_from_the_json(report):
     peak = data["peak"]["flops_per_second"]
     assert peak == pytest.approx(2 * data["peak"]["n"] ** 3 / data["peak"]["best_seconds"])
     for r in data["results"]:
-        per_batch = data["flops"]["per_batch"][str(r["batch"])]
-        kind = data["backends"][r["backend"]]["flops"]
-        assert r["flops_per_call"] == pytest.approx(np.mean([c[kind] for c in per_batch]))
+        groups = r["flops_per_group"]
+        for g in groups:  # the stages add up to the total
+            assert g["total"] == sum(g[k] for k in STAGES)
+        for key in (*STAGES, "total"):
+            assert r["flops_stages"][key] == pytest.approx(np.mean([g[key] for g in groups]))
+        assert r["flops_per_call"] == pytest.approx(sum(r["flops_stages"][k] for k in STAGES))
         assert r["achieved_flops_per_second"] == pytest.approx(r["flops_per_call"] / (r["stages_ms"]["engine"] / 1e3))
         assert r["share_of_peak"] == pytest.approx(r["achieved_flops_per_second"] / peak)
-    for per_batch in data["flops"]["per_batch"].values():
-        for c in per_batch:  # the query-sparse pair computes fewer masks than the full model, never more
-            assert 0 < c["sparse"] <= c["full"] and 0 <= c["kept_queries"] <= c["all_queries"]
-            assert (c["sparse"] == c["full"]) == (c["kept_queries"] == c["all_queries"])
+
+
+def test_sparse_flops_are_the_detector_plus_the_kept_share_of_the_mask_head(report):
+    data, _ = report
+    rows = {(r["backend"], r["batch"]): r for r in data["results"]}
+    partial = 0  # image batches where some but not all queries passed
+    for batch in BATCHES:
+        counted = data["flops"]["per_batch"][str(batch)]
+        sparse, full, eager = rows[SPARSE, batch], rows[FULL, batch], rows["eager", batch]
+        assert full["flops_per_group"] == eager["flops_per_group"]  # both run every query's mask
+        for g, c in enumerate(counted):
+            s = c["sparse"]
+            detector = s["backbone"] + s["transformer"] + s["mask_per_image"]
+            all_masks = s["mask_per_query"] * c["all_queries"]  # the sparse mask head on every query
+            kept = sparse["kept_queries"][g]
+            assert 0 <= kept <= c["all_queries"]
+            partial += 0 < kept < c["all_queries"]
+            expected = detector + kept / c["all_queries"] * all_masks
+            assert sparse["flops_per_group"][g]["total"] == pytest.approx(expected)
+            assert sparse["flops_per_group"][g]["masks"] == kept
+            assert full["flops_per_group"][g]["masks"] == c["all_queries"] == batch * TINY.num_queries
+            assert sparse["flops_per_group"][g]["total"] < full["flops_per_group"][g]["total"]
+            # the detectors differ only in the mask head's per-image part (sparse moves lay1's image half there)
+            assert (s["backbone"], s["transformer"]) == (c["full"]["backbone"], c["full"]["transformer"])
+            assert s["mask_per_image"] > c["full"]["mask_per_image"]
+            assert s["mask_per_query"] < c["full"]["mask_per_query"]
+    assert partial > 0  # otherwise kept / all would be 0 or 1 everywhere and the check above could not fail
+
+
+def _flop_count(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        result = fn()
+    return counter.get_total_flops(), result
+
+
+def test_stage_flops_match_counts_of_the_whole_model_and_of_the_sparse_export_graphs(report):
+    """Independent reference: count eager's whole forward and the export's own detector and mask graphs."""
+    data, out = report
+    model = load_for_export(out.parent / "tiny.pth").model.eval()
+    s = data["settings"]
+    settings = ResizeSettings(s["size"], s["max_size"], s["threshold"])
+    photos = list_photos(out.parent / "images")
+    rows = {(r["backend"], r["batch"]): r for r in data["results"]}
+    for batch in BATCHES:
+        for g, group in enumerate(image_groups(photos, batch)):
+            images, mask = eager_batch(group, settings)
+            whole, outputs = _flop_count(lambda: model(images, mask))  # noqa: B023 - called right here
+            assert rows["eager", batch]["flops_per_group"][g]["total"] == whole
+            assert rows[FULL, batch]["flops_per_group"][g]["total"] == whole
+            detector, det = _flop_count(lambda: DetectorGraph(model)(images, mask))  # noqa: B023
+            sparse = rows[SPARSE, batch]["flops_per_group"][g]
+            assert sparse["backbone"] + sparse["transformer"] + sparse["mask_per_image"] == detector
+            # the kept count measured in the run is what select_queries keeps on eager's logits too
+            keep = [select_queries(logits, s["threshold"])[0] for logits in outputs["pred_logits"].numpy()]
+            assert sparse["masks"] == sum(k.size for k in keep)
+            image_index = torch.cat([torch.full((k.size,), i, dtype=torch.long) for i, k in enumerate(keep)])
+            query_index = torch.as_tensor(np.concatenate(keep), dtype=torch.long)
+            masks, _ = _flop_count(lambda: MaskGraph(model)(det[2][image_index, query_index],  # noqa: B023
+                                                            image_index, *det[3:]))  # noqa: B023
+            assert sparse["mask_queries"] == masks
 
 
 def test_flop_count_matches_a_hand_count_of_a_linear_layer():
@@ -127,6 +214,9 @@ def test_agreement_is_in_range_and_eager_agrees_with_itself(report):
             assert 0.0 <= a[key] <= 1.0, (r["backend"], key, a[key])
         if r["backend"] == "eager":
             assert a["pixel_agreement"] == a["same_segments"] == a["pq"] == 1.0
+        if r["backend"] == FULL:  # detr's single graph gives eager's panoptic output
+            assert a["same_segments"] == 1.0 and a["segments_backend"] == a["segments_reference"]
+            assert a["pixel_agreement"] > 0.999 and a["pq"] > 0.99
         assert a["segments_reference"] > 0  # the tiny model is non-degenerate: agreement is not 0 segments = 0
     assert data["memory"]["process_peak_rss_mb"] > 0
     assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 0 for r in data["results"])
@@ -165,6 +255,11 @@ def test_plots_are_pngs_and_the_markdown_names_every_backend(report):
     for name in data["backends"]:
         assert name in text
     assert "speedup vs eager" in text and "share of peak" in text
+    section = text.split("### FLOPs per stage")[1].split("## ")[0]
+    for r in data["results"]:  # one per-stage FLOPs line per (backend, batch)
+        assert f"| {r['backend']} | {r['batch']} | " in section
+    for title in ("backbone", "transformer + heads", "mask head per image", "mask head per query x masks", "total"):
+        assert title in section
 
 
 def test_round_robin_rotates_and_groups_wrap_around():
@@ -179,3 +274,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "missing.pth" in err and "\n" not in err
+
+
+def test_a_query_sparse_export_given_as_the_full_graph_is_a_one_line_error(report, tmp_path, capsys):
+    _, out = report
+    sparse = out / "model.onnx"
+    capsys.readouterr()
+    assert main(["--checkpoint", str(out.parent / "tiny.pth"), "--images", str(out.parent / "images"), "--out",
+                 str(tmp_path / "o"), "--onnx", str(sparse), "--onnx-full", str(sparse), "--backends",
+                 f"eager,{FULL}", "--threads", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and str(sparse) in err and "single graph" in err
