@@ -2,6 +2,7 @@
 
 import torch
 
+from train.mask_init import amplify_attention_inputs
 from train.models import DETRConfig, build_model
 from train.models.backbone import FrozenBatchNorm2d
 from train.scratch_backbone import train_backbone_from_scratch
@@ -79,3 +80,20 @@ def test_token_loss_trains_only_on_real_tokens_and_leaves_the_detr_state_dict_al
     manual = torch.nn.functional.cross_entropy(logits[real], wanted[real])
     assert real.sum() < real.numel() and torch.allclose(loss, manual)
     assert loss_tokens({"pred_logits": out["pred_logits"]}, [target], None, 1.0) == {}
+
+
+def test_attention_gain_scales_only_lay1_attention_inputs_and_keeps_detr_names():
+    config = CONFIG.replace(hidden_dim=128, nheads=8, masks=True)
+    torch.manual_seed(0)
+    plain = build_model(config)
+    torch.manual_seed(0)
+    amplified = build_model(config)
+    amplify_attention_inputs(amplified.mask_head, config.hidden_dim, 500.0)
+    before, after = plain.state_dict(), amplified.state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"mask_head.lay1.weight"}
+    w0, w1 = before["mask_head.lay1.weight"], after["mask_head.lay1.weight"]
+    assert w1.shape[1] == config.hidden_dim + config.nheads
+    assert torch.equal(w1[:, :config.hidden_dim], w0[:, :config.hidden_dim])
+    torch.testing.assert_close(w1[:, config.hidden_dim:], 500.0 * w0[:, config.hidden_dim:])

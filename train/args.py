@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token_loss_coef", type=float, default=0.0,
                    help="training-only dense loss: classify every encoder token (helps from-scratch trunks; "
                         "detection stage only; 0 = off)")
+    p.add_argument("--mask_attention_gain", type=float, default=1.0,
+                   help="training-only: scale the first mask conv's initial weights on the attention maps "
+                        "(1 = detr's init; see train/mask_init.py)")
     p.add_argument("--frozen_weights", help="detection checkpoint to load and freeze; only the mask head trains")
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])

@@ -25,6 +25,7 @@ from train.args import DEFAULT_DATA, build_parser
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.datasets import build_dataset, collate_fn, scaled_transform_options
 from train.engine import train_one_epoch
+from train.mask_init import amplify_attention_inputs
 from train.models import DETRConfig, build_model
 from train.models.criterion import build_criterion
 from train.optim import build_lr_scheduler, build_optimizer
@@ -146,6 +147,8 @@ def build_training(args: argparse.Namespace) -> Training:
     if args.scratch_backbone and not args.frozen_weights:
         detector = model.detr if config.masks else model
         train_backbone_from_scratch(detector.backbone)
+    if config.masks and args.mask_attention_gain != 1:
+        amplify_attention_inputs(model.mask_head, config.hidden_dim, args.mask_attention_gain)
     if args.frozen_weights:
         frozen = load_checkpoint(args.frozen_weights)
         model.detr.load_state_dict(strip_detr_prefix(frozen["model"]))
