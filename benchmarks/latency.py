@@ -215,8 +215,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if checkpoint is None:
             checkpoint = scratch / "detr_r50_random.pth"
             print("building DETR-R50 panoptic with random weights (no --checkpoint) ...", file=sys.stderr)
-            model_record["random_init"] = defaults.make_random_checkpoint(checkpoint, photos,
-                                                                          target_kept=args.target_kept)
+            model_record["random_init"] = defaults.make_random_checkpoint(
+                checkpoint, photos, target_kept=args.target_kept, size=args.size or defaults.CALIBRATION_SIZE)
             notes.append(defaults.RANDOM_MODEL_NOTE.format(kept=args.target_kept))
         rss_before_model = hardware.current_rss()
         loaded = load_for_export(checkpoint)
