@@ -20,7 +20,7 @@ demo: setup
 	$(PY) -m benchmarks.demo $(ARGS)
 
 test: setup
-	$(PY) -m pytest -n 2 -q $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -q $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
