@@ -1,48 +1,153 @@
-"""The end-to-end demo on the built-in synthetic data: it only chains the real commands, printing each one.
+"""The end-to-end demo on the built-in synthetic data: dataset -> detection training -> mask-head training -> verified
+ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> latency against eager -> OUT/summary.md.
 
-Stages that have not landed yet are skipped; see README "Status".
+It only chains the real commands (printed as copyable shell lines, run as subprocesses); training flags come from
+train/recipes.py alone. A rerun reuses every stage whose outputs are complete and newer than its inputs and whose
+commands did not change (benchmarks/demo_stages.py); ``--fresh`` starts over; ``--quick`` is the size CI runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-SIZES = {"full": ["--train", "2000", "--val", "100"], "quick": ["--train", "64", "--val", "16", "--size", "96"]}
+from benchmarks.demo_stages import (
+    STAMP_FOLDER,
+    Command,
+    CopyFirstFiles,
+    Stage,
+    StageResult,
+    remove_output,
+    reuse_or_run,
+)
+from benchmarks.demo_summary import build_summary, copy_to_docs, write_summary
+from runtime.errors import PansegError
+from train.recipes import RECIPES
+
+PROG = "python -m benchmarks.demo"
+REPO = Path(__file__).resolve().parent.parent
+
+# Per size: the dataset (train.prepare synthetic flags), the recipe, export verification and the benchmark's extent.
+SIZES = {
+    "full": {"dataset": [], "recipe": "demo", "verify": [], "bench_images": 4,
+             "bench": ["--iterations", "10", "--warmup", "1"]},
+    "quick": {"dataset": ["--train", "256", "--val", "16", "--size", "64"], "recipe": "quick",
+              "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "bench_images": 2,
+              "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
+}
 
 
-def run(cmd: list[str]) -> float:
-    """Print the command so a user can copy it, run it, and return its wall time."""
-    print(f"\n$ {shlex.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - start
+def plan(out: Path, size: str) -> list[Stage]:
+    """The demo's stages in order, each with the files it reads and the files that prove it finished."""
+    py = sys.executable
+    cfg = SIZES[size]
+    recipe = RECIPES[cfg["recipe"]]
+    data, ann = out / "data", out / "data" / "annotations"
+    gt_json, gt_folder, val_images = ann / "panoptic_val2017.json", data / "panoptic_val2017", data / "val2017"
+    dataset_files = tuple(ann / f"{kind}_{split}2017.json" for kind in ("instances", "panoptic")
+                          for split in ("train", "val"))
+    ckpt1, ckpt2 = out / "stage1" / "checkpoint.pth", out / "stage2" / "checkpoint.pth"
+    onnx, masks_onnx = out / "model.onnx", out / "model.masks.onnx"
+    infer, pred_json = out / "infer", out / "infer" / "predictions.json"
+    bench_photos = out / "bench_images"
+
+    def runtime(*args: str) -> Command:
+        return Command((py, "-m", "runtime", *args))
+
+    return [
+        Stage("dataset", (
+            Command((py, "-m", "train.prepare", "synthetic", "--out", str(data), *cfg["dataset"])),
+            *(runtime("validate", "--check-area", "--json", str(ann / f"panoptic_{split}2017.json"),
+                      "--folder", str(data / f"panoptic_{split}2017")) for split in ("train", "val")),
+        ), outputs=dataset_files, description="generate the synthetic dataset and validate both splits"),
+        Stage("stage1", (Command((py, "-m", "train", *recipe.stage1_args(str(data), str(ckpt1.parent)))),),
+              inputs=dataset_files, outputs=(ckpt1,), description="train detection"),
+        Stage("stage2", (Command((py, "-m", "train", *recipe.stage2_args(str(data), str(ckpt2.parent),
+                                                                         str(ckpt1)))),),
+              inputs=(*dataset_files, ckpt1), outputs=(ckpt2,), description="train the mask head (frozen detector)"),
+        Stage("export", (Command((py, "-m", "export.onnx", str(ckpt2), "-o", str(onnx), "--verify-images",
+                                  str(val_images), *cfg["verify"], "--report", str(out / "export_report.json"))),),
+              inputs=(ckpt2,), outputs=(onnx, masks_onnx, out / "export_report.json"),
+              description="export ONNX, verified against eager"),
+        Stage("infer", (runtime("infer", "--engine", str(onnx), "--input", str(val_images), "--output", str(infer),
+                                "--overlay", "--coco-json", str(gt_json)),),
+              inputs=(onnx, masks_onnx, gt_json), outputs=(pred_json,), description="panseg-rt infer on val"),
+        Stage("eval", (runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
+                               str(pred_json), "--pred-folder", str(infer / "panoptic"), "--json",
+                               str(out / "pq.json")),),
+              inputs=(gt_json, pred_json), outputs=(out / "pq.json",), description="PQ against the val set"),
+        Stage("bench", (
+            CopyFirstFiles(val_images, "*.jpg", cfg["bench_images"], bench_photos),
+            Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), "--images",
+                     str(bench_photos), "--out", str(out / "bench"), *cfg["bench"])),
+        ), inputs=(ckpt2, onnx, masks_onnx), outputs=(out / "bench" / "report.json",),
+            description="latency: ONNX Runtime against PyTorch eager"),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo/)")
+    parser.add_argument("--quick", action="store_true", help="the small size CI runs (a few minutes)")
+    parser.add_argument("--fresh", action="store_true", help="delete the output folder first instead of reusing stages")
+    parser.add_argument("--skip-bench", action="store_true", help="skip the latency benchmark")
+    parser.add_argument("--docs", type=Path, metavar="DIR",
+                        help="also copy summary.md, a few overlays and the bench plots into DIR (e.g. docs/demo)")
+    return parser
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    size = "quick" if args.quick else "full"
+    started = time.perf_counter()
+    if args.fresh:
+        remove_output(out, protected=[REPO])
+    elif out.exists() and not out.is_dir():
+        raise PansegError(f"{out}: --out must be a folder")
+    (out / STAMP_FOLDER).mkdir(parents=True, exist_ok=True)  # marks the folder as the demo's (see --fresh)
+    stages = plan(out, size)
+    total = len(stages) + 1
+    results: list[StageResult] = []
+    for k, stage in enumerate(stages, start=1):
+        print(f"\n[{k}/{total}] {stage.name}: {stage.description} (elapsed {_clock(time.perf_counter() - started)})",
+              flush=True)
+        if stage.name == "bench" and args.skip_bench:
+            print("skip bench: --skip-bench", flush=True)
+            results.append(StageResult(stage.name, "skipped", None, reason="--skip-bench"))
+            continue
+        result = reuse_or_run(stage, out)
+        results.append(result)
+        if result.status == "ran":
+            print(f"[{k}/{total}] {stage.name}: done in {result.seconds:.1f} s", flush=True)
+    print(f"\n[{total}/{total}] summary (elapsed {_clock(time.perf_counter() - started)})", flush=True)
+    summary = build_summary(out, size, results, time.perf_counter() - started, bench_ran=not args.skip_bench)
+    md, js = write_summary(summary, out)
+    pq = summary["pq"]
+    print("PQ " + ", ".join(f"{g} {100 * pq[g]['pq']:.1f}" for g in pq) + f" (export {summary['export']['verdict']})")
+    print(f"wrote {md} and {js} in {_clock(time.perf_counter() - started)}")
+    if args.docs:
+        copied = copy_to_docs(summary, out, args.docs)
+        print(f"copied {len(copied)} files to {args.docs}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__)
-    parser.add_argument("--out", default="demo", help="output folder (default: demo/)")
-    parser.add_argument("--quick", action="store_true", help="the small size CI runs")
-    parser.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    data = out / "data"
-    py = sys.executable
-    timings = {}
-    done = data / "annotations" / "panoptic_val2017.json"
-    if args.fresh or not done.exists():
-        timings["dataset"] = run([py, "-m", "train.prepare", "synthetic", "--out", str(data),
-                                  *SIZES["quick" if args.quick else "full"]])
-    for split in ("train", "val"):
-        timings[f"validate {split}"] = run([py, "-m", "runtime", "validate", "--check-area",
-                                            "--json", str(data / "annotations" / f"panoptic_{split}2017.json"),
-                                            "--folder", str(data / f"panoptic_{split}2017")])
-    print("\nstage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except PansegError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished stages are kept, rerun to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""The demo's summary: OUT/summary.json (every number) and OUT/summary.md (what a reader wants first), written
+atomically from the artifacts the stages left (pq.json, bench/report.json, export_report.json) -- never from memory,
+so a rerun that reuses every stage writes the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.demo_stages import StageResult
+from benchmarks.training_curve import plot_curve, pq_curve
+from runtime.atomic import atomic_write_bytes, atomic_write_json
+from runtime.errors import PansegError
+from runtime.pq import GROUPS
+
+OVERLAYS_SHOWN = 4
+# Issue #9's accuracy targets for the full size on the synthetic val set (fractions, like pq.json).
+PQ_TARGETS = {"full": {"All": 0.55, "Things": 0.25}}
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PansegError(f"{path}: {what} not found; rerun the demo without reusing stages (--fresh)") from None
+    except ValueError as exc:
+        raise PansegError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def pq_section(pq: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """PQ/SQ/RQ and category count per group as in pq.json, plus TP/FP/FN summed over the group's categories."""
+    section = {}
+    for group, isthing in GROUPS:
+        classes = [m for m in pq["per_class"].values() if isthing is None or bool(m["isthing"]) == isthing]
+        section[group] = {**{k: pq[group][k] for k in ("pq", "sq", "rq", "n")},
+                          **{k: sum(int(m[k]) for m in classes) for k in ("tp", "fp", "fn")}}
+    return section
+
+
+def latency_section(report: Mapping[str, Any]) -> dict[str, Any]:
+    rows = [{"backend": r["backend"], "batch": r["batch"],
+             **{f"{k}_ms": r["latency_ms"][k] for k in ("mean", "p50", "p90", "min")},
+             "images_per_s": r["throughput_images_per_s"], "speedup_vs_eager": r["speedup_vs_eager"],
+             "unstable": r["unstable"]} for r in report["results"]]
+    s = report["settings"]
+    return {"rows": rows, "warnings": list(report["warnings"]), "notes": list(report["notes"]),
+            "settings": {k: s[k] for k in ("size", "max_size", "threshold", "threads", "warmup", "iterations")},
+            "images": [i["name"] for i in s["images"]]}
+
+
+def export_section(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {"verdict": report["verdict"], "problems": list(report["problems"]), "runs": len(report["runs"]),
+            "images": sum(len(r["images"]) for r in report["runs"])}
+
+
+def build_summary(out: Path, size: str, results: Sequence[StageResult], total_seconds: float,
+                  bench_ran: bool) -> dict[str, Any]:
+    """Everything summary.md shows; paths are relative to ``out``."""
+    overlays = sorted((out / "infer" / "overlay").glob("*.jpg"))[:OVERLAYS_SHOWN]
+    bench = out / "bench"
+    curve = pq_curve(out / "stage1" / "log.jsonl", out / "stage2" / "log.jsonl")
+    plot_curve(curve, out / "training_curve.png")
+    return {
+        "size": size,
+        "pq": pq_section(_load_json(out / "pq.json", "the PQ results")),
+        "export": export_section(_load_json(out / "export_report.json", "the export verification report")),
+        "latency": latency_section(_load_json(bench / "report.json", "the latency report")) if bench_ran else None,
+        "training": {**curve, "plot": "training_curve.png"},
+        "stages": [{"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason} for r in results],
+        "total_seconds": total_seconds,
+        "overlays": [p.relative_to(out).as_posix() for p in overlays],
+        # The plots' names come from benchmarks/report.py; globbing keeps this driver free of its torch imports.
+        "plots": [p.relative_to(out).as_posix() for p in sorted(bench.glob("*.png"))] if bench_ran else [],
+        "reports": {"latency": "bench/report.md" if bench_ran else None, "pq": "pq.json",
+                    "export": "export_report.json"},
+        "commands": [line for r in results for line in r.commands],
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _seconds(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(v) for v in row) + " |" for row in rows), ""]
+
+
+def render_markdown(summary: Mapping[str, Any], link: Callable[[str], str] = str) -> str:
+    """summary.md; ``link`` maps an OUT-relative path to the link written (for copies under docs/)."""
+    size = summary["size"]
+    out = [f"# panseg demo ({size} size, synthetic data)", "",
+           "Generated by `python -m benchmarks.demo" + (" --quick" if size == "quick" else "") + "`. "
+           "Every number below is read from the files the stages wrote.", "",
+           "## Panoptic quality on the synthetic val set", ""]
+    out += _table(["", "PQ", "SQ", "RQ", "categories", "TP", "FP", "FN"],
+                  [[g, _pct(m["pq"]), _pct(m["sq"]), _pct(m["rq"]), m["n"], m["tp"], m["fp"], m["fn"]]
+                   for g, m in summary["pq"].items()])
+    out += [f"From `{link(summary['reports']['pq'])}` (`panseg-rt eval`, panopticapi's rules; percent).", ""]
+    targets = PQ_TARGETS.get(size, {})
+    if targets:
+        out += ["Targets (issue #9): " + ", ".join(
+            f"{g} PQ >= {_pct(t)} ({'met' if summary['pq'][g]['pq'] >= t else 'NOT met'})"
+            for g, t in targets.items()) + ".", ""]
+    t = summary["training"]
+    out += ["## Training: PQ against minutes", "",
+            f"Stage 1 (detection) {t['stage1_minutes']:.1f} min, stage 2 (mask head, frozen detector) "
+            f"{t['stage2_minutes']:.1f} min: {t['stage1_minutes'] + t['stage2_minutes']:.1f} min of training "
+            "(evaluation included), from the stages' `log.jsonl`.", ""]
+    out += _table(["training minutes", "stage-2 epoch", "PQ", "PQ things", "PQ stuff"],
+                  [[f"{p['minutes']:.1f}", p["epoch"], f"{p['pq']:.1f}", f"{p['pq_th']:.1f}", f"{p['pq_st']:.1f}"]
+                   for p in t["points"]])
+    out += [f"![training curve]({link(t['plot'])})", ""]
+    e = summary["export"]
+    out += ["## Export verification", "",
+            f"ONNX Runtime against PyTorch eager: **{e['verdict']}** ({e['runs']} runs, {e['images']} images)"
+            + (": " + "; ".join(e["problems"]) if e["problems"] else "")
+            + f". Details: `{link(summary['reports']['export'])}`.",
+            ""]
+    out += ["## Latency against PyTorch eager", ""]
+    lat = summary["latency"]
+    if lat is None:
+        out += ["Not measured (`--skip-bench`).", ""]
+    else:
+        st = lat["settings"]
+        out += [f"End to end (image file -> panoptic result), ms per call; images {', '.join(lat['images'])}, shorter "
+                f"side {st['size']}, {st['threads']} threads, {st['warmup']} warmup + {st['iterations']} timed "
+                "iterations, backends interleaved.", ""]
+        out += _table(["backend", "batch", "mean", "p50", "p90", "min", "images/s", "speedup vs eager"],
+                      [[r["backend"], r["batch"], *(f"{r[k]:.1f}" for k in ("mean_ms", "p50_ms", "p90_ms", "min_ms")),
+                        f"{r['images_per_s']:.2f}",
+                        ("-" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x")
+                        + (" (unstable)" if r["unstable"] else "")] for r in lat["rows"]])
+        out += [f"> {w}" for w in lat["warnings"] + lat["notes"]]
+        out += ([""] if lat["warnings"] or lat["notes"] else [])
+        out += [f"Full report: [{link(summary['reports']['latency'])}]({link(summary['reports']['latency'])}). Plots:",
+                "", *(f"![{Path(p).stem}]({link(p)})" for p in summary["plots"]), ""]
+    out += ["## Overlays (first val images)", ""]
+    out += [" ".join(f"![{Path(p).stem}]({link(p)})" for p in summary["overlays"]) or "none written", ""]
+    out += ["## Stages", ""]
+    out += _table(["stage", "status", "wall time"],
+                  [[s["name"], s["status"], _seconds(s["seconds"])] for s in summary["stages"]])
+    out += [f"This invocation: {_seconds(summary['total_seconds'])} (reused stages show the time of the run that made "
+            "their outputs).", "", "## Commands", "", "```bash", *summary["commands"], "```", ""]
+    return "\n".join(out)
+
+
+def write_summary(summary: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
+    md, js = out / "summary.md", out / "summary.json"
+    atomic_write_json(js, summary, indent=1)
+    atomic_write_bytes(md, render_markdown(summary).encode())
+    return md, js
+
+
+def copy_to_docs(summary: Mapping[str, Any], out: Path, docs: Path) -> list[Path]:
+    """Copy the overlays, the bench plots and a summary.md whose links point at those copies into ``docs``."""
+    docs.mkdir(parents=True, exist_ok=True)
+    copied: dict[str, str] = {}
+    for rel in [*summary["overlays"], *summary["plots"], summary["training"]["plot"]]:
+        name = f"overlay_{Path(rel).name}" if rel.startswith("infer/") else Path(rel).name
+        shutil.copy2(out / rel, docs / name)
+        copied[rel] = name
+    for rel in summary["reports"].values():
+        if rel is not None:
+            name = "latency_report.md" if rel.endswith("report.md") else Path(rel).name
+            shutil.copy2(out / rel, docs / name)
+            copied[rel] = name
+    atomic_write_bytes(docs / "summary.md", render_markdown(summary, lambda rel: copied.get(rel, rel)).encode())
+    return [docs / "summary.md", *(docs / name for name in copied.values())]
