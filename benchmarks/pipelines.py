@@ -218,6 +218,9 @@ def build_runtime_pipeline(spec: BackendSpec, model_path: Path, threads: int, se
                            ) -> RuntimePipeline:
     """Load ``spec``'s model (the file its ``model_file`` names) with the same thread count the eager run uses."""
     if spec.runtime_backend == "onnxruntime":
-        options: dict[str, Any] = {"providers": spec.providers, "intra_op_threads": threads}
+        # No busy-waiting: between its calls the cores run the other backends (torch's thread pool included);
+        # ORT's spinning threads would steal them and make every backend's timings noisy (see runtime backend).
+        options: dict[str, Any] = {"providers": spec.providers, "intra_op_threads": threads,
+                                   "allow_spinning": False}
         return RuntimePipeline(spec.name, model_path, "onnxruntime", options, settings)
     return RuntimePipeline(spec.name, model_path, "tensorrt", {}, settings)

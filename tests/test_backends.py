@@ -153,6 +153,24 @@ def test_thread_options_are_applied(model_path):
     assert default.intra_op_num_threads == 0 and default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
 
 
+def test_spinning_is_on_by_default_and_can_be_turned_off_also_through_the_cache(model_path):
+    def spinning(backend):
+        options = backend.session.get_session_options()
+        found = {}
+        for k in ("intra_op", "inter_op"):
+            try:
+                found[k] = options.get_session_config_entry(f"session.{k}.allow_spinning")
+            except Exception:  # ORT raises when the entry was never set: its default (spinning) applies
+                found[k] = "default"
+        return found
+
+    assert spinning(OnnxRuntimeBackend(model_path)) == {"intra_op": "default", "inter_op": "default"}
+    quiet = OnnxRuntimeBackend(model_path, allow_spinning=False)
+    assert spinning(quiet) == {"intra_op": "0", "inter_op": "0"}
+    again = OnnxRuntimeBackend(model_path, allow_spinning=False)  # loaded from the optimized cache this time
+    assert again.cache_hit and spinning(again) == {"intra_op": "0", "inter_op": "0"}
+
+
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this machine has CUDA")
 def test_missing_provider_is_an_error_naming_it(model_path):
     with pytest.raises(PansegError) as info:
