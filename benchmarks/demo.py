@@ -24,6 +24,7 @@ from benchmarks.demo_stages import (
 )
 from benchmarks.demo_summary import build_summary, copy_to_docs, write_summary
 from runtime.errors import PansegError
+from runtime.subcommands import report_errors
 from train.recipes import RECIPES
 
 PROG = "python -m benchmarks.demo"
@@ -140,14 +141,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except PansegError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished stages are kept, rerun to continue", file=sys.stderr)
-        return 130
+    return report_errors(PROG, lambda: run(args),
+                         interrupted="interrupted; finished stages are kept, rerun to continue")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ so a rerun that reuses every stage writes the same numbers.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,21 +13,12 @@ from typing import Any
 from benchmarks.demo_stages import StageResult
 from benchmarks.training_curve import plot_curve, pq_curve
 from runtime.atomic import atomic_write_bytes, atomic_write_json
-from runtime.errors import PansegError
+from runtime.jsonfile import read_json
 from runtime.pq import GROUPS
 
 OVERLAYS_SHOWN = 4
 # Issue #9's accuracy targets for the full size on the synthetic val set (fractions, like pq.json).
 PQ_TARGETS = {"full": {"All": 0.55, "Things": 0.25}}
-
-
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PansegError(f"{path}: {what} not found; rerun the demo without reusing stages (--fresh)") from None
-    except ValueError as exc:
-        raise PansegError(f"{path}: {what} is not valid JSON ({exc})") from None
 
 
 def pq_section(pq: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -66,9 +56,9 @@ def build_summary(out: Path, size: str, results: Sequence[StageResult], total_se
     plot_curve(curve, out / "training_curve.png")
     return {
         "size": size,
-        "pq": pq_section(_load_json(out / "pq.json", "the PQ results")),
-        "export": export_section(_load_json(out / "export_report.json", "the export verification report")),
-        "latency": latency_section(_load_json(bench / "report.json", "the latency report")) if bench_ran else None,
+        "pq": pq_section(read_json(out / "pq.json")),
+        "export": export_section(read_json(out / "export_report.json")),
+        "latency": latency_section(read_json(bench / "report.json")) if bench_ran else None,
         "training": {**curve, "plot": "training_curve.png"},
         "stages": [{"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason} for r in results],
         "total_seconds": total_seconds,

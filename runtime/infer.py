@@ -22,7 +22,6 @@ skipped; the others are written. See runtime/outputs.py for the output folder an
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from runtime.backends import Backend, select_backend
 from runtime.backends.base import TensorSpec
 from runtime.errors import PansegError
+from runtime.filehash import file_sha256
 from runtime.jsonfile import read_json
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.outputs import ImageJob, OutputDir, PredictionsFile, check_output_name
@@ -339,14 +339,6 @@ def check_engine(backend: Backend, info: ModelInfo, mask_backend: Backend | None
         raise PansegError(f"{info.source}: engine tensors {sorted(inputs)} -> {sorted(outputs)} are not a panseg "
                           f"DETR's (missing {missing or 'none'}, unexpected inputs {unknown_inputs or 'none'})")
     return EngineShape.from_spec(inputs[IMAGES_INPUT])
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------ stages

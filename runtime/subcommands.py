@@ -41,15 +41,16 @@ positive_int = _bounded_int(1, "positive")  # argparse type= for counts such as 
 non_negative_int = _bounded_int(0, "non-negative")  # argparse type= for seeds and offsets
 
 
-def report_errors(prog: str, func: Callable[[], int | None]) -> int:
-    """Run a command's body: a PansegError becomes one line on stderr and exit 1, Ctrl-C exit 130."""
+def report_errors(prog: str, func: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """Run a command's body: a PansegError becomes one line on stderr and exit 1, Ctrl-C ``interrupted`` and exit
+    130."""
     try:
         return int(func() or 0)
     except PansegError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
 
 

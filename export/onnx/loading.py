@@ -14,7 +14,6 @@ Anything else is an error: a deployed model without names and thing/stuff flags 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torch import nn
 from runtime.categories import Category, categories_from_json, load_categories
 from runtime.coco_categories import coco_panoptic_categories
 from runtime.errors import PansegError
+from runtime.filehash import file_sha256
 from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE
 from train.checkpoint import load_model_from_checkpoint
 from train.models.config import DETRConfig
@@ -49,14 +49,6 @@ class LoadedCheckpoint:
     @property
     def panoptic(self) -> bool:
         return self.config.masks
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _coco_table_with_detr_rule() -> dict[int, Category]:

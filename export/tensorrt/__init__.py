@@ -35,11 +35,12 @@ from export.tensorrt.masks import (
     mask_sidecar_metadata,
 )
 from export.tensorrt.profile import BHW, ShapeRange, profile_for_model, uncovered_aspect_note
-from export.tensorrt.sidecar import engine_info, file_sha256, write_sidecar
+from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible
 from runtime.atomic import atomic_write_bytes
 from runtime.backends.base import sidecar_path
 from runtime.errors import PansegError
+from runtime.filehash import file_sha256
 from runtime.metadata_props import decode_metadata_props
 from runtime.sparse import mask_graph_file, mask_graph_path
 from runtime.trt_sidecar import EngineInfo, GpuInfo, TensorProfile

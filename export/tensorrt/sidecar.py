@@ -19,14 +19,6 @@ from runtime.errors import PansegError
 from runtime.trt_sidecar import SECTION, EngineInfo, GpuInfo, TensorProfile, read_engine_sidecar
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def engine_info(*, plan: bytes, onnx_path: Path, onnx_sha256: str, tensorrt_version: str, gpu: GpuInfo,
                 profiles: Mapping[str, TensorProfile], version_compatible: bool, hardware_compatibility: str,
                 builder: Mapping[str, Any]) -> EngineInfo:

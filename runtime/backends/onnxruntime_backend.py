@@ -22,6 +22,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
 from runtime.errors import PansegError
+from runtime.filehash import file_sha256
 
 # Wheels that all install the `onnxruntime` module; any two together leave a broken mix of files.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
@@ -89,14 +90,6 @@ def resolve_providers(providers: Sequence[str]) -> list[str]:
     if "CPUExecutionProvider" not in resolved:
         resolved.append("CPUExecutionProvider")
     return resolved
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @lru_cache(maxsize=1)
