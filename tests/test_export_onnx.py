@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from padded_batch import random_padded_batch as _padded_batch
 from PIL import Image
 from tiny_models import separable as _separable
 
@@ -77,18 +78,6 @@ def tiny_export(tiny_ckpt, workdir, images_dir):
 @pytest.fixture(scope="module")
 def tiny_eager(tiny_ckpt) -> FullModel:
     return FullModel(load_for_export(tiny_ckpt).model, panoptic=True).eval()
-
-
-def _padded_batch(shapes: list[tuple[int, int]], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random normalized images of the given sizes, zero-padded at the bottom/right as detr's NestedTensor."""
-    rng = np.random.default_rng(seed)
-    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
-    images = np.zeros((len(shapes), 3, h, w), np.float32)
-    mask = np.ones((len(shapes), h, w), bool)
-    for k, (ih, iw) in enumerate(shapes):
-        images[k, :, :ih, :iw] = rng.standard_normal((3, ih, iw))
-        mask[k, :ih, :iw] = False
-    return images, mask
 
 
 # ---------------------------------------------------------------- round trip of a small panoptic model

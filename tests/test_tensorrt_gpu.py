@@ -28,6 +28,7 @@ except PansegError as exc:  # no cuda-python, no driver, no device
     pytest.skip(f"no usable CUDA device: {exc}", allow_module_level=True)
 
 import torch  # noqa: E402
+from padded_batch import random_padded_batch  # noqa: E402
 
 from export.onnx import export_checkpoint  # noqa: E402
 from export.tensorrt.__main__ import main  # noqa: E402
@@ -79,13 +80,7 @@ def engines(plan, onnx_model):
 
 
 def _batch(shapes: list[tuple[int, int]], seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
-    images = np.zeros((len(shapes), 3, h, w), np.float32)
-    mask = np.ones((len(shapes), h, w), bool)
-    for k, (ih, iw) in enumerate(shapes):
-        images[k, :, :ih, :iw] = rng.standard_normal((3, ih, iw))
-        mask[k, :ih, :iw] = False
+    images, mask = random_padded_batch(shapes, seed)
     return {"images": images, "padding_mask": mask}
 
 
