@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from runtime.errors import PanopticFormatError, PansegError
 from runtime.panoptic_format import write_panoptic_png
 from train.datasets import CocoDetection, CocoPanoptic, build_dataset, collate_fn, pad_images
+from train.datasets.cache import CachedItems
 from train.datasets.collate import Collate
 from train.datasets.transforms import (
     DETR_CROP,
@@ -529,3 +530,27 @@ def test_dataloader_batches_a_dataset(coco_root: Path) -> None:
     assert images.shape == (2, 3, max(s[0] for s in sizes), max(s[1] for s in sizes))
     for b, (h, w) in enumerate(sizes):
         assert not mask[b, :h, :w].any() and int(mask[b].sum()) == images.shape[2] * images.shape[3] - h * w
+
+
+def test_cached_items_equal_fresh_items_with_fresh_augmentations(panoptic_root: tuple[Path, Path]) -> None:
+    coco_root, pan_root = panoptic_root
+    options = {"scales": [20, 24, 28], "max_size": 40, "crop": (8, 16), "crop_resize": [20, 24]}
+    fresh = build_dataset("train", "coco_panoptic", coco_root, pan_root, masks=True, **options)
+    cached = CachedItems(build_dataset("train", "coco_panoptic", coco_root, pan_root, masks=True, **options))
+    assert len(cached) == len(fresh)
+    seen_sizes = set()
+    for epoch in range(4):  # the first pass fills the cache, later passes must give the same as decoding anew
+        for idx in range(len(fresh)):
+            torch.manual_seed(epoch * 100 + idx)
+            random.seed(epoch * 100 + idx)
+            want_image, want = fresh[idx]
+            torch.manual_seed(epoch * 100 + idx)
+            random.seed(epoch * 100 + idx)
+            got_image, got = cached[idx]
+            assert torch.equal(got_image, want_image)
+            assert set(got) == set(want)
+            for key in want:
+                assert torch.equal(got[key], want[key]), key
+            seen_sizes.add(tuple(got["size"].tolist()))
+    assert len(seen_sizes) > 1  # the augmentations ran after the cache: sizes vary between passes
+    assert len(cached._items) == len(fresh)

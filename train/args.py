@@ -64,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_scales", help="comma-separated training shorter sides (default: detr's, scaled)")
     p.add_argument("--no_crop", dest="crop", action="store_false", help="skip detr's random-crop branch")
     p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--cache_dataset", action="store_true",
+                   help="keep decoded training images and targets in memory after their first epoch (augmentations "
+                        "still run every time); for small datasets")
     # run
     p.add_argument("--output_dir", default="", help="where checkpoints and log.jsonl go (empty: nowhere)")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision: float16 with loss scaling on CUDA,"
+                   " bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", help="checkpoint to continue from (model, optimizer, scheduler, epoch)")
     p.add_argument("--start_epoch", type=int, default=0)

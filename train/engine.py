@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from runtime.errors import PansegError
+from train.amp import to_float32
 from train.distributed import reduce_mean
 
 
@@ -31,11 +32,13 @@ def train_one_epoch(
     epoch: int,
     clip_max_norm: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
     frozen: Iterable[torch.nn.Module] = (),
     show_progress: bool = True,
 ) -> dict[str, float]:
     """Train for one epoch; returns the epoch's mean of every loss term (weighted total under 'loss').
 
+    ``amp_dtype`` runs the forward pass under autocast (train.amp); the criterion always sees float32 outputs.
     Modules in ``frozen`` are kept in eval mode: their weights cannot change, so dropout there would only make the
     features the trained part sees differ from the ones it gets at inference.
     """
@@ -50,9 +53,9 @@ def train_one_epoch(
     for images, padding_mask, targets in bar:
         images, padding_mask = images.to(device), padding_mask.to(device)
         targets = to_device(targets, device)
-        with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=scaler is not None):
+        with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images, padding_mask)
-            loss_dict = criterion(outputs, targets)
+        loss_dict = criterion(to_float32(outputs), targets)
         loss = weighted_loss(loss_dict, criterion.weight_dict)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):

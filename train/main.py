@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from runtime.errors import PansegError
 from runtime.subcommands import report_errors
 from train import distributed as dist_utils
+from train.amp import autocast_dtype
 from train.args import DEFAULT_DATA, build_parser
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.datasets import build_dataset, collate_fn, scaled_transform_options
+from train.datasets.cache import CachedItems
 from train.engine import train_one_epoch
 from train.mask_init import amplify_attention_inputs
 from train.models import DETRConfig, build_model
@@ -92,6 +94,8 @@ def build_loaders(args: argparse.Namespace, info: dist_utils.DistInfo) -> tuple[
     options = transform_options(args)
     panoptic_path = args.coco_panoptic_path
     train_set = build_dataset("train", args.dataset_file, args.coco_path, panoptic_path, masks=args.masks, **options)
+    if args.cache_dataset:
+        train_set = CachedItems(train_set)
     val_set = build_dataset("val", args.dataset_file, args.coco_path, panoptic_path, masks=args.masks, **options)
     if info.enabled:
         sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=args.seed)
@@ -99,7 +103,7 @@ def build_loaders(args: argparse.Namespace, info: dist_utils.DistInfo) -> tuple[
         sampler = RandomSampler(train_set)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                               collate_fn=collate_fn, num_workers=args.num_workers,
-                              persistent_workers=False)
+                              persistent_workers=args.cache_dataset and args.num_workers > 0)
     val_loader = DataLoader(val_set, batch_size=args.eval_batch_size, sampler=SequentialSampler(val_set),
                             collate_fn=collate_fn, num_workers=args.num_workers)
     return train_loader, val_loader, sampler
@@ -129,6 +133,7 @@ class Training:
     token_head: torch.nn.Module | None = None
     frozen_modules: list[torch.nn.Module] = field(default_factory=list)
     scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
 
 
 def build_training(args: argparse.Namespace) -> Training:
@@ -174,9 +179,10 @@ def build_training(args: argparse.Namespace) -> Training:
     trained = model.module if info.enabled else model  # the DETR, or the DETR plus its training-only token head
     optimizer = build_optimizer(trained, args.lr, args.lr_backbone, args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, args.lr_schedule, args.epochs, args.lr_drop, args.warmup_epochs)
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.startswith("cuda") else None
+    amp_dtype = autocast_dtype(device, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return Training(model, model_without_ddp, criterion, optimizer, scheduler, config, categories, device, info,
-                    token_head, frozen_modules, scaler)
+                    token_head, frozen_modules, scaler, amp_dtype)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         loader = islice(train_loader, args.max_iters) if args.max_iters else train_loader
         train_stats = train_one_epoch(
             model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
-            scaler=scaler, frozen=frozen_modules, show_progress=args.progress and info.is_main,
+            scaler=scaler, amp_dtype=t.amp_dtype, frozen=frozen_modules, show_progress=args.progress and info.is_main,
         )
         scheduler.step()
         log: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
