@@ -2,8 +2,9 @@
 
 Per timed iteration every batch ("group") of the image set is run once by every pipeline, back to back, with the
 pipeline order rotated by one for each (iteration, group): no pipeline always runs first (cold caches) or always
-right after a particular other one. Warmup iterations run the same way and are not recorded. Python's garbage
-collector is paused during the timed phase, as in runtime.bench.time_calls.
+right after a particular other one. Work a call does besides the timed job (CallResult.untimed) is subtracted.
+Warmup iterations run the same way and are not recorded. Python's garbage collector is paused during the timed
+phase, as in runtime.bench.time_calls.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ class Sample:
     total: float
     stages: dict[str, float]
     window: tuple[float, float]
+    side_seconds: dict[str, float] = field(default_factory=dict)  # the call's untimed by-products (see CallResult)
 
 
 @dataclass
 class PipelineRun:
     samples: list[Sample] = field(default_factory=list)
     results: list[list[PanopticResult]] = field(default_factory=list)  # per group, from the first timed iteration
+    side_results: dict[str, list[list[PanopticResult]]] = field(default_factory=dict)  # the same, of by-products
 
 
 def image_groups(paths: Sequence[Path], batch: int) -> list[list[Path]]:
@@ -78,10 +81,13 @@ def run_interleaved(pipelines: dict[str, Runner], groups: Sequence[Sequence[Path
                     bar.update()
                     if not timed:
                         continue
-                    runs[name].samples.append(Sample(iteration, g, ended - started, dict(result.stages),
-                                                     (started, ended)))
+                    runs[name].samples.append(Sample(iteration, g, ended - started - result.untimed,
+                                                     dict(result.stages), (started, ended),
+                                                     dict(result.side_seconds)))
                     if iteration == 0:
                         runs[name].results.append(result.results)
+                        for key, side in result.side_results.items():
+                            runs[name].side_results.setdefault(key, []).append(side)
     finally:
         if gc_was_enabled:
             gc.enable()

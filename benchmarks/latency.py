@@ -258,6 +258,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         peak = hardware.matmul_peak(args.threads, args.peak_size)
         rows = []
         flops_record = {}
+        post_baselines: dict[str, dict[str, Any]] = {}
         for batch in args.batch:
             groups = image_groups(photos, batch)
             counted = [count_call_flops(loaded.model, *eager_batch(g, settings)) for g in groups]
@@ -275,6 +276,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 reference = runs["eager"].results if "eager" in runs else None
                 row["agreement"] = (agreement([r for g in reference for r in g], [r for g in result.results for r in g],
                                               loaded.categories) if reference is not None else None)
+                if "detr_original" in result.side_results:  # eager: both PyTorch post-processing baselines
+                    post_baselines[str(batch)] = {
+                        "detr_original_ms": row["stages_ms"]["postprocess"],
+                        "torch_port_ms": row["side_ms"]["postprocess_torch_port"],
+                        "agreement": agreement([r for g in result.results for r in g],
+                                               [r for g in result.side_results["detr_original"] for r in g],
+                                               loaded.categories),
+                    }
                 rows.append(row)
         add_speedups(rows)
         if "eager" not in pipelines:
@@ -307,6 +316,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                            n != "eager" and backend_records[n]["copies"].startswith("host") for n in pipelines)
                            else "not applicable: no GPU backend ran")},
             "backends": backend_records,
+            "postprocess_baselines": post_baselines,
             "results": rows,
         }
     write_report(report, out)

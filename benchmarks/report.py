@@ -8,6 +8,13 @@ Each row of ``results`` is one (backend, batch size). Definitions, so the JSON c
 - ``stages_ms``: mean seconds per stage x 1000; ``stage_sum_ms`` their sum (about the mean latency; the rest is call
   overhead).
 - ``speedup_vs_eager`` = eager's mean latency / this mean latency, same batch size, same run.
+- ``side_ms``: mean ms of a call's untimed by-products (eager: ``postprocess_torch_port``, panseg's vectorized torch
+  port of detr's post-processing run on the same outputs, outside the timed total).
+- ``postprocess_baselines`` (top level, per batch): eager's two PyTorch post-processing times and the agreement of
+  detr's published code with the torch port on the same outputs.
+- ``postprocess_share`` = stages_ms["postprocess"] / mean latency; ``postprocess_speedup_vs_detr`` = eager's
+  postprocess stage (detr's published PostProcessPanoptic) / this row's; ``postprocess_speedup_vs_torch_port`` =
+  eager's side_ms["postprocess_torch_port"] / this row's postprocess stage (same batch, same run).
 - ``kept_queries``: per image batch, the queries this backend kept in the run (select_queries at the threshold on its
   own logits, summed over the batch); ``masks_per_call`` the mean number of query masks it computed (full: batch x
   queries; query-sparse: the kept ones).
@@ -35,7 +42,8 @@ from benchmarks.pipelines import STAGES
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.bench import PERCENTILE_METHOD, UNSTABLE_CV, latency_stats
 
-JSON_VERSION = 2  # 2: onnxruntime-full backend, per-stage FLOPs at the kept count measured in the run
+JSON_VERSION = 3  # 2: onnxruntime-full backend, per-stage FLOPs at the kept count measured in the run;
+#                  3: eager post-processing = detr's published code, the torch port as a side baseline
 LATENCY_PLOT = "latency_distribution.png"
 STAGES_PLOT = "stages.png"
 
@@ -63,6 +71,9 @@ def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequ
         "throughput_images_per_s": batch * 1e3 / stats["mean"],
         "stages_ms": stages,
         "stage_sum_ms": sum(stages.values()),
+        "side_ms": {key: float(np.mean([s.side_seconds[key] for s in run.samples]) * 1e3)
+                    for key in (run.samples[0].side_seconds if run.samples else {})},
+        "postprocess_share": stages["postprocess"] / stats["mean"],
         "kept_queries": [int(k) for k in kept_queries],
         "masks_per_call": float(np.mean([g["masks"] for g in flops_per_group])),
         "flops_per_group": [dict(g) for g in flops_per_group],
@@ -78,11 +89,16 @@ def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequ
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """``speedup_vs_eager`` per row: eager's mean / the row's mean at the same batch (None without an eager row)."""
-    eager = {r["batch"]: r["latency_ms"]["mean"] for r in rows if r["backend"] == "eager"}
+    """Per row, against the eager row of the same batch (None without one): ``speedup_vs_eager`` (end to end) and the
+    post-processing speedups against detr's published code and against panseg's torch port."""
+    eager = {r["batch"]: r for r in rows if r["backend"] == "eager"}
     for r in rows:
         base = eager.get(r["batch"])
-        r["speedup_vs_eager"] = None if base is None else base / r["latency_ms"]["mean"]
+        post = r["stages_ms"]["postprocess"]
+        r["speedup_vs_eager"] = None if base is None else base["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        r["postprocess_speedup_vs_detr"] = None if base is None else base["stages_ms"]["postprocess"] / post
+        port = None if base is None else base["side_ms"].get("postprocess_torch_port")
+        r["postprocess_speedup_vs_torch_port"] = None if port is None else port / post
 
 
 def warnings_for(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -115,6 +131,30 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + [""]
 
 
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _postprocess_section(report: Mapping[str, Any]) -> list[str]:
+    rows = report["results"]
+    out = ["## Post-processing (mask upsampling + panoptic merge at the original size), ms per call", "",
+           "Two PyTorch baselines on eager's own outputs in the same calls: detr's PostProcessPanoptic as published "
+           "(benchmarks/detr_original.py; eager's postprocess stage; PNG encoding left out, as in every backend's "
+           "stage) and panseg's vectorized torch port of it (train/postprocess.py; timed outside eager's total).", ""]
+    for batch, b in report.get("postprocess_baselines", {}).items():
+        check = b["agreement"]
+        out += [f"- batch {batch}: detr's published code {_ms(b['detr_original_ms'])} ms, torch port "
+                f"{_ms(b['torch_port_ms'])} ms; their outputs agree on {check['pixel_agreement']:.4f} of the pixels "
+                f"(PQ {check['pq']:.4f}; the port fixes detr's padded batches, so batches above 1 may differ)"]
+    if report.get("postprocess_baselines"):
+        out += [""]
+    out += _table(["backend", "batch", "postprocess ms", "share of end to end", "vs detr's code", "vs torch port"],
+                  [[r["backend"], r["batch"], _ms(r["stages_ms"]["postprocess"]), f"{r['postprocess_share']:.1%}",
+                    _ratio(r["postprocess_speedup_vs_detr"]), _ratio(r["postprocess_speedup_vs_torch_port"])]
+                   for r in rows])
+    return out
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     rows = report["results"]
     s = report["settings"]
@@ -134,13 +174,14 @@ def markdown(report: Mapping[str, Any]) -> str:
                   [[r["backend"], r["batch"], *(_ms(r["latency_ms"][k]) for k in
                                                 ("mean", "p50", "p90", "p95", "p99", "min", "max")),
                     f"{r['throughput_images_per_s']:.2f}",
-                    "-" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x",
+                    _ratio(r["speedup_vs_eager"]),
                     f"{r['cv_same_input']:.1%}" + (" (unstable)" if r["unstable"] else "")] for r in rows])
     out += ["## Stages, mean ms per call", ""]
     out += _table(["backend", "batch", *STAGES, "sum of stages", "mean total", "H2D/D2H"],
                   [[r["backend"], r["batch"], *(_ms(r["stages_ms"][k]) for k in STAGES), _ms(r["stage_sum_ms"]),
                     _ms(r["latency_ms"]["mean"]), report["backends"][r["backend"]]["copies"]] for r in rows])
     peak = report["peak"]
+    out += _postprocess_section(report)
     out += ["## Compute: FLOPs and share of this machine's fp32 peak", "",
             f"Measured peak: {_flops(peak['flops_per_second'])}FLOP/s ({peak['method']}, {peak['threads']} threads)."
             " FLOPs: torch.utils.flop_counter on the eager modules at each batch's shape (matmuls and convolutions);"

@@ -1,6 +1,7 @@
-"""Test-only reference: detr's evaluation transform and post-processing, transcribed literally from
-facebookresearch/detr (datasets/transforms.py, util/misc.py, models/detr.py PostProcess, models/segmentation.py
-PostProcessPanoptic) so that our implementations can be checked against detr's own behaviour.
+"""Test-only reference: detr's evaluation transform and box post-processing, transcribed literally from
+facebookresearch/detr (datasets/transforms.py, util/misc.py, models/detr.py PostProcess), plus its
+PostProcessPanoptic (benchmarks/detr_original.py, which the latency benchmark also times as eager's baseline), so
+that our implementations can be checked against detr's own behaviour.
 
 Only what no longer runs on current libraries is adapted, without changing results: detr's util.misc.interpolate
 (F.interpolate, or an empty tensor when there is nothing to interpolate) and torch.ByteStorage.from_buffer
@@ -12,15 +13,15 @@ Only what no longer runs on current libraries is adapted, without changing resul
 
 from __future__ import annotations
 
-import io
-from collections import defaultdict
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
+
+from benchmarks.detr_original import box_cxcywh_to_xyxy, decode_png, interpolate, post_process_panoptic
+
+__all__ = ["decode_png", "detr_eval_transform", "get_size_with_aspect_ratio", "interpolate",
+           "nested_tensor_from_tensor_list", "post_process_boxes", "post_process_panoptic"]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -70,19 +71,7 @@ def nested_tensor_from_tensor_list(tensor_list):
     return tensor, mask
 
 
-def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    if input.numel() > 0:
-        return F.interpolate(input, size, scale_factor, mode, align_corners)
-    return input.new_empty(list(input.shape[:-2]) + list(size))
-
-
 # ---- util/box_ops.py and models/detr.py PostProcess ----
-
-def box_cxcywh_to_xyxy(x):
-    x_c, y_c, w, h = x.unbind(-1)
-    b = [(x_c - 0.5 * w), (y_c - 0.5 * h), (x_c + 0.5 * w), (y_c + 0.5 * h)]
-    return torch.stack(b, dim=-1)
-
 
 @torch.no_grad()
 def post_process_boxes(outputs, target_sizes):
@@ -94,103 +83,3 @@ def post_process_boxes(outputs, target_sizes):
     scale_fct = torch.stack([img_w, img_h, img_w, img_h], dim=1)
     boxes = boxes * scale_fct[:, None, :]
     return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, boxes)]
-
-
-# ---- models/segmentation.py PostProcessPanoptic.forward ----
-
-@torch.no_grad()
-def post_process_panoptic(outputs, processed_sizes, target_sizes=None, is_thing_map=None, threshold=0.85):
-    if target_sizes is None:
-        target_sizes = processed_sizes
-    assert len(processed_sizes) == len(target_sizes)
-    out_logits, raw_masks, raw_boxes = outputs["pred_logits"], outputs["pred_masks"], outputs["pred_boxes"]
-    assert len(out_logits) == len(raw_masks) == len(target_sizes)
-    preds = []
-
-    def to_tuple(tup):
-        if isinstance(tup, tuple):
-            return tup
-        return tuple(tup.cpu().tolist())
-
-    for cur_logits, cur_masks, cur_boxes, size, target_size in zip(
-        out_logits, raw_masks, raw_boxes, processed_sizes, target_sizes
-    ):
-        scores, labels = cur_logits.softmax(-1).max(-1)
-        keep = labels.ne(outputs["pred_logits"].shape[-1] - 1) & (scores > threshold)
-        cur_scores, cur_classes = cur_logits.softmax(-1).max(-1)
-        cur_scores = cur_scores[keep]
-        cur_classes = cur_classes[keep]
-        cur_masks = cur_masks[keep]
-        cur_masks = interpolate(cur_masks[None], to_tuple(size), mode="bilinear").squeeze(0)
-        cur_boxes = box_cxcywh_to_xyxy(cur_boxes[keep])
-
-        h, w = cur_masks.shape[-2:]
-        assert len(cur_boxes) == len(cur_classes)
-
-        cur_masks = cur_masks.flatten(1)
-        stuff_equiv_classes = defaultdict(lambda: [])
-        for k, label in enumerate(cur_classes):
-            if not is_thing_map[label.item()]:
-                stuff_equiv_classes[label.item()].append(k)
-
-        def get_ids_area(masks, scores, dedup=False):
-            m_id = masks.transpose(0, 1).softmax(-1)
-
-            if m_id.shape[-1] == 0:
-                m_id = torch.zeros((h, w), dtype=torch.long, device=m_id.device)
-            else:
-                m_id = m_id.argmax(-1).view(h, w)
-
-            if dedup:
-                for equiv in stuff_equiv_classes.values():
-                    if len(equiv) > 1:
-                        for eq_id in equiv:
-                            m_id.masked_fill_(m_id.eq(eq_id), equiv[0])
-
-            final_h, final_w = to_tuple(target_size)
-
-            seg_img = Image.fromarray(id2rgb(m_id.view(h, w).cpu().numpy()))
-            seg_img = seg_img.resize(size=(final_w, final_h), resample=Image.NEAREST)
-
-            np_seg_img = np.asarray(seg_img).reshape(final_h, final_w, 3)
-            m_id = torch.from_numpy(rgb2id(np_seg_img))
-
-            area = []
-            for i in range(len(scores)):
-                area.append(m_id.eq(i).sum().item())
-            return area, seg_img
-
-        area, seg_img = get_ids_area(cur_masks, cur_scores, dedup=True)
-        if cur_classes.numel() > 0:
-            while True:
-                filtered_small = torch.as_tensor(
-                    [area[i] <= 4 for i, c in enumerate(cur_classes)], dtype=torch.bool, device=keep.device
-                )
-                if filtered_small.any().item():
-                    cur_scores = cur_scores[~filtered_small]
-                    cur_classes = cur_classes[~filtered_small]
-                    cur_masks = cur_masks[~filtered_small]
-                    area, seg_img = get_ids_area(cur_masks, cur_scores)
-                else:
-                    break
-
-        else:
-            cur_classes = torch.ones(1, dtype=torch.long, device=cur_classes.device)
-
-        segments_info = []
-        for i, a in enumerate(area):
-            cat = cur_classes[i].item()
-            segments_info.append({"id": i, "isthing": is_thing_map[cat], "category_id": cat, "area": a})
-        del cur_classes
-
-        with io.BytesIO() as out:
-            seg_img.save(out, format="PNG")
-            predictions = {"png_string": out.getvalue(), "segments_info": segments_info}
-        preds.append(predictions)
-    return preds
-
-
-def decode_png(png_string: bytes) -> np.ndarray:
-    """detr's png_string -> H x W id map."""
-    with Image.open(io.BytesIO(png_string)) as im:
-        return rgb2id(np.asarray(im.convert("RGB"))).astype(np.int64)

@@ -120,6 +120,26 @@ def test_speedups_are_ratios_of_the_same_runs_means(report):
     assert all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in data["results"] if r["backend"] == "eager")
 
 
+def test_postprocess_speedups_and_shares_are_ratios_of_the_same_runs_stages(report):
+    data, _ = report
+    eager = {r["batch"]: r for r in data["results"] if r["backend"] == "eager"}
+    baselines = data["postprocess_baselines"]
+    assert sorted(baselines) == sorted(str(b) for b in BATCHES)
+    for r in data["results"]:
+        post = r["stages_ms"]["postprocess"]
+        base = baselines[str(r["batch"])]
+        assert base["detr_original_ms"] == eager[r["batch"]]["stages_ms"]["postprocess"]
+        assert base["torch_port_ms"] == eager[r["batch"]]["side_ms"]["postprocess_torch_port"] > 0
+        assert r["postprocess_share"] == pytest.approx(post / r["latency_ms"]["mean"])
+        assert r["postprocess_speedup_vs_detr"] == pytest.approx(base["detr_original_ms"] / post)
+        assert r["postprocess_speedup_vs_torch_port"] == pytest.approx(base["torch_port_ms"] / post)
+    # one unpadded image: detr's published code and the torch port (the agreement reference) give the same result
+    assert baselines["1"]["agreement"]["pixel_agreement"] == 1.0
+    assert baselines["1"]["agreement"]["same_segments"] == 1.0
+    md = (report[1] / "report.md").read_text()
+    assert "## Post-processing" in md and "detr's published code" in md
+
+
 def test_flops_and_share_of_peak_follow_from_the_json(report):
     data, _ = report
     peak = data["peak"]["flops_per_second"]
