@@ -191,7 +191,7 @@ def panoptic_segmentation(
             owner[lost] = candidates[0]
         else:
             r, c = np.nonzero(lost)
-            owner[r, c] = candidates[up.argmax_at(r, c, candidates)]
+            owner[r, c] = candidates[up.argmax_at(r, c, candidates, threads=threads)]
 
     segment_queries = np.flatnonzero(alive & (rep == np.arange(n)))
     seg_ids = np.zeros(n, dtype=np.uint32)

@@ -20,6 +20,7 @@ one thread: 25-35 ms per photo for the argmax instead of 95-215 ms with the quer
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ SOURCE_ELEMENTS = 1 << 19  # float32 values of the horizontally resampled source
 OUTPUT_ELEMENTS = 1 << 17  # float32 values of output rows resampled at once (two such buffers: 1 MB)
 MIN_ELEMENTS_PER_THREAD = 1 << 20  # below this, starting threads costs more than it saves
 MAX_THREADS = 4
+GATHER_COST = 12  # measured on R50 outputs: one gathered value (argmax_at) costs about this many banded ones
 
 
 def default_threads() -> int:
@@ -185,16 +187,41 @@ class SampledBilinear:
                 np.add(t, b, out=t)
                 yield start, stop, t
 
-    def argmax_at(self, r: np.ndarray, c: np.ndarray, queries: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    def argmax_at(self, r: np.ndarray, c: np.ndarray, queries: np.ndarray, chunk: int = 1 << 16,
+                  threads: int | None = None, whole_rows: bool | None = None) -> np.ndarray:
         """Position in ``queries`` of the highest value at each sampled pixel (r[i], c[i]); same arithmetic as
-        :meth:`argmax`, for re-deciding the few pixels whose owner was dropped."""
+        :meth:`argmax`, for re-deciding the pixels whose owner was dropped.
+
+        Two ways, same result: gathering each pixel's values (cheap for a few scattered pixels), or the banded
+        :meth:`argmax` over just ``queries`` on the rows holding such pixels (a gathered value costs about
+        GATHER_COST banded ones, so this wins when many pixels are lost, e.g. after detr's stuff de-duplication).
+        ``whole_rows`` forces one (None: the cheaper by that estimate).
+        """
         queries = np.asarray(queries, dtype=np.intp)
+        r, c = np.asarray(r, dtype=np.intp), np.asarray(c, dtype=np.intp)
+        if r.size and queries.size:
+            used_rows = np.unique(r)
+            if whole_rows is None:
+                whole_rows = used_rows.size * self.shape[1] < GATHER_COST * r.size
+            if whole_rows:
+                owner = self._restricted(queries, used_rows).argmax(threads)
+                return owner[np.searchsorted(used_rows, r), c]
         best = np.empty(np.size(r), dtype=np.intp)
         step = max(1, chunk // max(1, queries.size))
         for s in range(0, best.size, step):
             rr, cc = r[s:s + step, None], c[s:s + step, None]
             best[s:s + step] = self._values(rr, cc, queries[None, :]).argmax(axis=1)
         return best
+
+    def _restricted(self, queries: np.ndarray, rows: np.ndarray) -> SampledBilinear:
+        """The same upsampling for only ``queries`` (indices into the masks) at only the sampled rows ``rows``
+        (sorted positions in this grid's rows); every value it computes equals this one's."""
+        sub = copy.copy(self)
+        sub._masks = self._masks[queries]
+        sub.n_queries = int(queries.size)
+        sub._y0, sub._y1, sub._wy0, sub._wy1 = (a[rows] for a in (self._y0, self._y1, self._wy0, self._wy1))
+        sub.shape = (int(rows.size), self.shape[1])
+        return sub
 
     def _values(self, r: np.ndarray, c: np.ndarray, q: np.ndarray) -> np.ndarray:
         m = self._masks

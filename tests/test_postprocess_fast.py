@@ -103,7 +103,9 @@ def test_argmax_at_pixels_equals_brute_force(problem, data):
     c = rng.integers(0, cols.size, 50)
     expected = values[queries][:, r, c].argmax(axis=0)
     fast = SampledBilinear(masks, processed, rows, cols)
-    assert np.array_equal(fast.argmax_at(r, c, queries, chunk=7), expected)
+    # both ways of re-deciding pixels (gathered values, or the banded argmax over their rows) and the automatic choice
+    for whole_rows in (False, True, None):
+        assert np.array_equal(fast.argmax_at(r, c, queries, chunk=7, whole_rows=whole_rows), expected), whole_rows
 
 
 def test_brute_force_reference_is_torch_bilinear_up_to_rounding():
