@@ -172,7 +172,7 @@ class RuntimePipeline:
         if batch.failures:
             raise PansegError(str(batch.failures[0]))
         clock.lap("preprocess")
-        logits, masks = self.pipeline.run_engine(batch)
+        logits, masks, _ = self.pipeline.run_engine(batch)
         clock.lap("engine")
         results = [self.pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k])
                    for k in range(len(batch.jobs))]

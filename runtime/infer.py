@@ -56,7 +56,7 @@ from runtime.sparse import (
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".pnm"})
 IMAGES_INPUT, MASK_INPUT = "images", "padding_mask"
-LOGITS_OUTPUT, MASKS_OUTPUT = "pred_logits", "pred_masks"
+LOGITS_OUTPUT, MASKS_OUTPUT, BOXES_OUTPUT = "pred_logits", "pred_masks", "pred_boxes"
 STAGES = ("preprocess", "engine", "postprocess", "overlay", "write")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -91,6 +91,7 @@ class InferOptions:
     apply_exif: bool = True
     progress: bool = True
     prefetch: bool = True
+    nms_iou: float | None = None  # box NMS among things before the merge (off: detr's behaviour)
 
     def resolved(self, info: ModelInfo) -> tuple[float, int, int | None]:
         """(threshold, resize size, resize max_size) with the model's defaults filled in, checked."""
@@ -103,6 +104,8 @@ class InferOptions:
             raise PansegError(f"resize size {size} / max size {max_size}: need 1 <= size <= max size")
         if self.batch_size < 1:
             raise PansegError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
+            raise PansegError(f"NMS IoU threshold must be in (0, 1], got {self.nms_iou}")
         return threshold, size, max_size
 
 
@@ -419,26 +422,33 @@ class Pipeline:
                 images, mask = self.shape.fit(*pad_batch(arrays))
             return PreparedBatch(kept, images, mask, processed, original, pictures, failures)
 
-    def run_engine(self, batch: PreparedBatch) -> tuple[np.ndarray, Sequence[np.ndarray]]:
-        """(logits B x Q x C+1, masks per image: all Q queries' for a single graph, the kept ones' if query-sparse)."""
+    def run_engine(self, batch: PreparedBatch) -> tuple[np.ndarray, Sequence[np.ndarray], np.ndarray | None]:
+        """(logits B x Q x C+1, masks per image: all Q queries' for a single graph, the kept ones' if query-sparse,
+        boxes B x Q x 4 when box NMS needs them, else None)."""
         feeds = {IMAGES_INPUT: batch.images}
         if self.feeds_mask:
             feeds[MASK_INPUT] = batch.mask
+        nms_iou = self.options.nms_iou
         with self.times.measure("engine"):
             if self.mask_backend is not None:
-                out = run_query_sparse(self.backend.infer, self.mask_backend.infer, feeds, self.threshold)
-                return out.pred_logits, out.masks
-            out = self.backend.infer(feeds, [LOGITS_OUTPUT, MASKS_OUTPUT])
-        return out[LOGITS_OUTPUT], out[MASKS_OUTPUT]
+                out = run_query_sparse(self.backend.infer, self.mask_backend.infer, feeds, self.threshold,
+                                       self.is_thing, nms_iou)
+                return out.pred_logits, out.masks, out.pred_boxes if nms_iou is not None else None
+            names = [LOGITS_OUTPUT, MASKS_OUTPUT] + ([BOXES_OUTPUT] if nms_iou is not None else [])
+            out = self.backend.infer(feeds, names)
+        return out[LOGITS_OUTPUT], out[MASKS_OUTPUT], out.get(BOXES_OUTPUT)
 
     def postprocess(self, logits: np.ndarray, masks: np.ndarray, processed: tuple[int, int],
-                    original: tuple[int, int]) -> PanopticResult:
+                    original: tuple[int, int], boxes: np.ndarray | None = None) -> PanopticResult:
+        """One image's result; ``boxes`` (Q x 4, from run_engine) only for box NMS."""
+        nms_iou = self.options.nms_iou
         with self.times.measure("postprocess"):
             if self.mask_backend is not None:
                 return postprocess_kept(logits, masks, processed, original, self.is_thing, self.threshold,
-                                        self.info.mask_stride)
+                                        self.info.mask_stride, boxes=boxes, nms_iou=nms_iou)
             return postprocess_panoptic(logits[None], masks[None], [processed], [original], self.is_thing,
-                                        self.threshold, mask_stride=self.info.mask_stride)[0]
+                                        self.threshold, mask_stride=self.info.mask_stride,
+                                        pred_boxes=None if boxes is None else boxes[None], nms_iou=nms_iou)[0]
 
 
 def prefetched(items: Sequence[T], work: Callable[[T], R], enabled: bool, times: StageTimes) -> Iterator[R]:
@@ -472,6 +482,8 @@ def run_settings(engine_path: Path, info: ModelInfo, options: InferOptions,
     settings = {"engine": engine_path.name, "engine_sha256": file_sha256(engine_path), "threshold": threshold,
                 "resize": {"size": size, "max_size": max_size}, "normalization": {"mean": info.mean, "std": info.std},
                 "exif": options.apply_exif}
+    if options.nms_iou is not None:  # only when set, so outputs made before the option existed stay reusable
+        settings["nms_iou"] = options.nms_iou
     if mask_graph is not None:
         settings["mask_graph_sha256"] = file_sha256(mask_graph)
     return settings
@@ -516,10 +528,11 @@ def run_inference(backend: Backend, info: ModelInfo, jobs: Sequence[ImageJob], o
             for failure in batch.failures:
                 fail(failure)
             if batch.jobs:
-                logits, masks = pipeline.run_engine(batch)
+                logits, masks, boxes = pipeline.run_engine(batch)
                 for k, job in enumerate(batch.jobs):
                     try:
-                        result = pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k])
+                        result = pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k],
+                                                      None if boxes is None else boxes[k])
                     except PansegError as exc:
                         fail(Failure(str(job.path), f"{job.path}: {exc}"))
                         continue

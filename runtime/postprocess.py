@@ -79,15 +79,64 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def select_queries(
-    logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+    logits: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    boxes: np.ndarray | None = None,
+    is_thing: Mapping[int, bool] | None = None,
+    nms_iou: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's Q x (C+1) class logits -> (kept query indices, their scores, their labels), as detr keeps them."""
+    """One image's Q x (C+1) class logits -> (kept query indices, their scores, their labels), as detr keeps them.
+
+    ``nms_iou`` (off by default, as in detr) then drops duplicate things: see :func:`suppress_duplicate_things`;
+    it needs the image's Q x 4 ``boxes`` (detr's cx, cy, w, h) and ``is_thing``.
+    """
     logits = np.asarray(logits)
     probs = softmax(logits, axis=-1)
     labels = probs.argmax(-1)
     scores = probs.max(-1)
     keep = np.flatnonzero((labels != logits.shape[-1] - 1) & (scores > threshold))
+    if nms_iou is not None:
+        if boxes is None or is_thing is None:
+            raise ValueError("box NMS needs the boxes and the is_thing table")
+        keep = keep[suppress_duplicate_things(scores[keep], labels[keep], np.asarray(boxes)[keep], is_thing, nms_iou)]
     return keep, scores[keep], labels[keep]
+
+
+def pairwise_iou(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """N x N IoU of boxes given as (x0, y0, x1, y1); 0 where both are empty."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    top_left = np.maximum(b[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
+    union = area[:, None] + area[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def suppress_duplicate_things(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
+                              is_thing: Mapping[int, bool], iou_threshold: float) -> np.ndarray:
+    """Greedy box NMS among the things of each category: which of these queries survive (a bool per query).
+
+    Why: a briefly trained DETR often predicts one object twice, and detr's merge then splits it between two
+    segments (two poor matches instead of one good one). In descending score order (ties: lower index first) a thing
+    query is dropped when its box overlaps a surviving query of the same category with IoU above ``iou_threshold``.
+    Stuff queries always survive: detr's de-duplication already merges stuff of one category. IoU is computed on
+    detr's relative boxes, which equals IoU in pixels (scaling x and y scales every area alike).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    survive = np.ones(scores.size, dtype=bool)
+    if scores.size < 2:
+        return survive
+    iou = pairwise_iou(box_cxcywh_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)))
+    thing = np.array([bool(is_thing.get(int(c), False)) for c in labels.tolist()])
+    order = np.argsort(-scores, kind="stable")
+    for position, i in enumerate(order.tolist()):
+        if not (survive[i] and thing[i]):
+            continue
+        later = order[position + 1:]
+        survive[later[(labels[later] == labels[i]) & thing[later] & (iou[i, later] > iou_threshold)]] = False
+    return survive
 
 
 def valid_mask_region(processed_size: tuple[int, int], mask_shape: tuple[int, int], stride: int = MASK_STRIDE
@@ -254,6 +303,8 @@ def postprocess_panoptic(
     detr_compat: bool = False,
     mask_stride: int = MASK_STRIDE,
     threads: int | None = None,
+    pred_boxes: np.ndarray | None = None,
+    nms_iou: float | None = None,
 ) -> list[PanopticResult]:
     """A batch of model outputs -> one PanopticResult per image (detr's PostProcessPanoptic, with the fixes).
 
@@ -261,6 +312,7 @@ def postprocess_panoptic(
     ``processed_sizes``: each image's (height, width) as fed to the model, before padding; ``target_sizes``: the
     (height, width) wanted for the output, usually the original image size (None: the processed sizes).
     ``detr_compat=True`` gives detr's ids (from 0) and its padding behaviour (masks upsampled with their padding).
+    ``nms_iou``: box NMS among things before the merge (see select_queries; needs ``pred_boxes``, B x Q x 4).
     """
     pred_logits = np.asarray(pred_logits)
     pred_masks = np.asarray(pred_masks)
@@ -271,9 +323,13 @@ def postprocess_panoptic(
             f"batch sizes differ: {len(pred_logits)} logits, {len(pred_masks)} masks, {len(processed_sizes)} "
             f"processed sizes, {len(target_sizes)} target sizes"
         )
+    if nms_iou is not None and pred_boxes is None:
+        raise ValueError("box NMS needs pred_boxes")
+    boxes_per_image = [None] * len(pred_logits) if pred_boxes is None else list(np.asarray(pred_boxes))
     results = []
-    for logits, masks, size, target in zip(pred_logits, pred_masks, processed_sizes, target_sizes, strict=True):
-        keep, scores, labels = select_queries(logits, threshold)
+    for logits, masks, size, target, boxes in zip(pred_logits, pred_masks, processed_sizes, target_sizes,
+                                                  boxes_per_image, strict=True):
+        keep, scores, labels = select_queries(logits, threshold, boxes, is_thing, nms_iou)
         kept = masks[keep]
         if not detr_compat:
             rows, cols = valid_mask_region(size, masks.shape[-2:], mask_stride)

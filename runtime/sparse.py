@@ -80,11 +80,14 @@ def kept_pairs(keep: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_query_sparse(run_detector: RunGraph, run_masks: RunGraph, feeds: Mapping[str, np.ndarray],
-                     threshold: float) -> SparseOutputs:
-    """Detector on the batch, select_queries per image, one mask-graph call on every kept query (none if none)."""
+                     threshold: float, is_thing: Mapping[int, bool] | None = None,
+                     nms_iou: float | None = None) -> SparseOutputs:
+    """Detector on the batch, select_queries per image (optionally with box NMS among things, which then also saves
+    the dropped duplicates' masks), one mask-graph call on every kept query (none if none)."""
     det = run_detector(dict(feeds), list(DETECTOR_OUTPUTS))
     logits = det["pred_logits"]
-    selected = [select_queries(image_logits, threshold) for image_logits in logits]
+    selected = [select_queries(image_logits, threshold, boxes, is_thing, nms_iou)
+                for image_logits, boxes in zip(logits, det["pred_boxes"], strict=True)]
     keep = [s[0] for s in selected]
     image_index, query_index = kept_pairs(keep)
     mask_hw = det["fpn_s4"].shape[-2:]
@@ -105,12 +108,14 @@ def run_query_sparse(run_detector: RunGraph, run_masks: RunGraph, feeds: Mapping
 
 def postprocess_kept(logits: np.ndarray, kept_masks: np.ndarray, processed_size: tuple[int, int],
                      target_size: tuple[int, int], is_thing: Mapping[int, bool], threshold: float,
-                     mask_stride: int = MASK_STRIDE, merge_stuff: bool = False) -> PanopticResult:
+                     mask_stride: int = MASK_STRIDE, merge_stuff: bool = False, boxes: np.ndarray | None = None,
+                     nms_iou: float | None = None) -> PanopticResult:
     """One image's panoptic result from its logits (Q x C+1) and the kept queries' masks, as postprocess_panoptic.
 
-    The kept set is recomputed from the logits with the same function and threshold, so it must match the masks.
+    The kept set is recomputed from the logits (and, with ``nms_iou``, the Q x 4 ``boxes``) with the same function
+    and settings, so it must match the masks.
     """
-    _, scores, labels = select_queries(logits, threshold)
+    _, scores, labels = select_queries(logits, threshold, boxes, is_thing, nms_iou)
     if labels.size != kept_masks.shape[0]:
         raise PansegError(f"{kept_masks.shape[0]} kept masks for {labels.size} queries above threshold {threshold}: "
                           "masks and logits do not belong together")

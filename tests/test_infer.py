@@ -519,3 +519,34 @@ def test_infer_runs_where_torch_cannot_be_imported(model, work):
     assert "LEAN-INFER-OK" in proc.stdout and "2 images in" in proc.stdout
     assert sorted(p.name for p in (out / "panoptic").iterdir()) == ["l0.png", "l1.png"]
     assert len(_predictions(out)["annotations"]) == 2
+
+
+def test_box_nms_option_equals_the_pytorch_pipeline_with_the_same_option(model, dataset, eager, work):
+    """--nms-iou on the query-sparse pair: the same segments as eager + PostProcessPanoptic(nms_iou), and different
+    from the default run (so the option did something); its outputs are not mistaken for the default run's."""
+    images, _, _ = _val(dataset)
+    paths = sorted(images.glob("*.jpg"))
+    iou = 0.05  # the random tiny model's duplicates overlap little
+    plain = work / "nms_off"
+    _infer(model, paths, plain)
+    nms = work / "nms_on"
+    _infer(model, paths, nms, nms_iou=iou)
+    reference = PostProcessPanoptic({c.id: c.isthing for c in synthetic_categories()}, 0.85, nms_iou=iou)
+    val_set = build_dataset("val", "coco_panoptic", dataset, dataset, masks=True, **scaled_transform_options(EVAL_SIZE))
+    fewer = 0
+    with torch.no_grad():
+        for k in range(len(val_set)):
+            image, target = val_set[k]
+            expected = reference(eager(image[None], torch.zeros((1, *image.shape[1:]), dtype=torch.bool)),
+                                 [target["size"]], [target["orig_size"]])[0]
+            stem = val_set.image_path(val_set.annotations[k]).stem
+            record = {a["file_name"]: a for a in _predictions(nms)["annotations"]}[f"{stem}.png"]
+            got = PanopticResult(read_panoptic_png(nms / "panoptic" / f"{stem}.png"), record["segments_info"])
+            agreement, same_segments = compare_panoptic(got, expected)
+            assert agreement >= 0.999 and same_segments, stem
+            default = {a["file_name"]: a for a in _predictions(plain)["annotations"]}[f"{stem}.png"]
+            fewer += len(default["segments_info"]) - len(record["segments_info"])
+    assert fewer > 0
+    # a rerun into the NMS folder without the option redoes the images instead of reusing them
+    report = _infer(model, paths, nms)
+    assert report.skipped == 0

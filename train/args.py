@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each image's result slightly (detr evaluates padded batches of --batch_size)")
     p.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and after the last)")
     p.add_argument("--threshold", type=float, default=0.85, help="post-processing score threshold for PQ")
+    p.add_argument("--nms_iou", type=float, default=None,
+                   help="box NMS among things before the mask merge, for PQ (off by default, as in detr)")
     p.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (smoke runs)")
     p.add_argument("--no_progress", dest="progress", action="store_false")
     return p

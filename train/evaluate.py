@@ -43,7 +43,8 @@ def evaluate(
     if panoptic:
         gt = json.loads(gt_json.read_text())
         file_names = {ann["image_id"]: ann["file_name"] for ann in gt["annotations"]}
-        postprocess = PostProcessPanoptic({c["id"]: bool(c["isthing"]) for c in gt["categories"]}, args.threshold)
+        postprocess = PostProcessPanoptic({c["id"]: bool(c["isthing"]) for c in gt["categories"]}, args.threshold,
+                                          nms_iou=getattr(args, "nms_iou", None))
     sums: dict[str, float] = defaultdict(float)
     count = 0
     with tempfile.TemporaryDirectory() as tmp:

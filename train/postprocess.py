@@ -26,6 +26,7 @@ from runtime.postprocess import (
     MAX_SMALL_AREA,
     PanopticResult,
     nearest_taps,
+    suppress_duplicate_things,
     valid_mask_region,
 )
 from train.util.box_ops import box_cxcywh_to_xyxy
@@ -76,10 +77,12 @@ class PostProcessPanoptic(nn.Module):
         detr_compat: bool = False,
         merge_stuff: bool = False,
         mask_stride: int = MASK_STRIDE,
+        nms_iou: float | None = None,
     ):
         super().__init__()
         self.is_thing_map = dict(is_thing_map)
         self.threshold = threshold
+        self.nms_iou = nms_iou  # box NMS among things (runtime.postprocess.suppress_duplicate_things); None: detr's
         self.detr_compat = detr_compat
         self.merge_stuff = merge_stuff
         self.mask_stride = mask_stride
@@ -96,13 +99,19 @@ class PostProcessPanoptic(nn.Module):
         if target_sizes is None:
             target_sizes = processed_sizes
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        if self.nms_iou is not None and "pred_boxes" not in outputs:
+            raise ValueError("box NMS needs pred_boxes in the outputs")
+        boxes = outputs["pred_boxes"] if self.nms_iou is not None else [None] * len(logits)
         if not (len(logits) == len(masks) == len(processed_sizes) == len(target_sizes)):
             raise ValueError("pred_logits, pred_masks, processed_sizes and target_sizes must have one entry per image")
         no_object = logits.shape[-1] - 1
         results = []
-        for cur_logits, cur_masks, size, target in zip(logits, masks, processed_sizes, target_sizes, strict=True):
+        for cur_logits, cur_masks, cur_boxes, size, target in zip(logits, masks, boxes, processed_sizes, target_sizes,
+                                                                  strict=True):
             scores, labels = cur_logits.softmax(-1).max(-1)
             keep = labels.ne(no_object) & (scores > self.threshold)
+            if self.nms_iou is not None:
+                keep = self._suppress_duplicates(keep, scores, labels, cur_boxes)
             kept = cur_masks[keep]
             size = _size(size)
             if not self.detr_compat:
@@ -110,6 +119,16 @@ class PostProcessPanoptic(nn.Module):
                 kept = kept[:, :rows, :cols]
             results.append(self.segment(kept, scores[keep], labels[keep], size, _size(target)))
         return results
+
+    def _suppress_duplicates(self, keep: Tensor, scores: Tensor, labels: Tensor, boxes: Tensor) -> Tensor:
+        """``keep`` without the duplicate things box NMS drops: the runtime's function on these (at most Q) numbers,
+        so PyTorch evaluation and the runtime drop the same queries."""
+        index = torch.nonzero(keep).flatten()
+        survive = suppress_duplicate_things(scores[index].double().cpu().numpy(), labels[index].cpu().numpy(),
+                                            boxes[index].double().cpu().numpy(), self.is_thing_map, self.nms_iou)
+        out = torch.zeros_like(keep)
+        out[index[torch.from_numpy(survive).to(index.device)]] = True
+        return out
 
     def segment(
         self, masks: Tensor, scores: Tensor, labels: Tensor, processed_size: tuple[int, int],

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by panseg-rt eval and panopticapi), DIR/records/, DIR/timings.json")
     parser.add_argument("--threshold", type=float, default=None,
                         help="keep queries whose class probability exceeds this (default: the model's, usually 0.85)")
+    parser.add_argument("--nms-iou", type=float, default=None, metavar="IOU",
+                        help="box NMS before the mask merge: drop a thing query whose box overlaps a higher-scoring "
+                             "one of the same category by IoU above this (off by default, as in detr; helps briefly "
+                             "trained models that predict an object twice; also skips the duplicates' masks)")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="images per engine call (default 1). Images of the same processed size are batched "
                              "together first; only the leftovers of different sizes are padded to a common size, "
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     exif = args.exif if args.exif != "auto" else ("ignore" if args.coco_json else "apply")
     options = InferOptions(threshold=args.threshold, batch_size=args.batch_size, overlay=args.overlay,
                            overwrite=args.overwrite, size=args.size, apply_exif=exif == "apply",
-                           progress=not args.no_progress, prefetch=args.prefetch)
+                           progress=not args.no_progress, prefetch=args.prefetch, nms_iou=args.nms_iou)
     if args.max_size != "model":
         options.max_size = args.max_size
     report = infer(args.engine, args.input, args.output, options, coco_json=args.coco_json, backend=args.backend,
