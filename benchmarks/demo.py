@@ -1,5 +1,6 @@
 """The end-to-end demo on the built-in synthetic data: dataset -> detection training -> mask-head training -> verified
-ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> latency against eager -> OUT/summary.md.
+ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> the same with the optional box NMS ->
+latency against eager -> OUT/summary.md.
 
 It only chains the real commands (printed as copyable shell lines, run as subprocesses); training flags come from
 train/recipes.py alone. A rerun reuses every stage whose outputs are complete and newer than its inputs and whose
@@ -29,6 +30,7 @@ from train.recipes import RECIPES
 
 PROG = "python -m benchmarks.demo"
 REPO = Path(__file__).resolve().parent.parent
+NMS_IOU = "0.5"  # the demo's extra run with panseg-rt infer --nms-iou (a common NMS IoU; not tuned on the val set)
 
 # Per size: the dataset (train.prepare synthetic flags), the recipe, export verification and the benchmark's extent.
 SIZES = {
@@ -79,6 +81,14 @@ def plan(out: Path, size: str) -> list[Stage]:
                                str(pred_json), "--pred-folder", str(infer / "panoptic"), "--json",
                                str(out / "pq.json")),),
               inputs=(gt_json, pred_json), outputs=(out / "pq.json",), description="PQ against the val set"),
+        Stage("nms", (
+            runtime("infer", "--engine", str(onnx), "--input", str(val_images), "--output", str(out / "infer_nms"),
+                    "--coco-json", str(gt_json), "--nms-iou", NMS_IOU),
+            runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
+                    str(out / "infer_nms" / "predictions.json"), "--pred-folder", str(out / "infer_nms" / "panoptic"),
+                    "--json", str(out / "pq_nms.json")),
+        ), inputs=(onnx, masks_onnx, gt_json), outputs=(out / "pq_nms.json",),
+            description=f"the same with the optional box NMS among things (--nms-iou {NMS_IOU}; off by default)"),
         Stage("bench", (
             CopyFirstFiles(val_images, "*.jpg", cfg["bench_images"], bench_photos),
             Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), "--images",
@@ -128,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         if result.status == "ran":
             print(f"[{k}/{total}] {stage.name}: done in {result.seconds:.1f} s", flush=True)
     print(f"\n[{total}/{total}] summary (elapsed {_clock(time.perf_counter() - started)})", flush=True)
-    summary = build_summary(out, size, results, time.perf_counter() - started, bench_ran=not args.skip_bench)
+    summary = build_summary(out, size, results, time.perf_counter() - started, bench_ran=not args.skip_bench,
+                            nms_iou=float(NMS_IOU))
     md, js = write_summary(summary, out)
     pq = summary["pq"]
     print("PQ " + ", ".join(f"{g} {100 * pq[g]['pq']:.1f}" for g in pq) + f" (export {summary['export']['verdict']})")

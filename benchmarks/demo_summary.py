@@ -48,7 +48,7 @@ def export_section(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_summary(out: Path, size: str, results: Sequence[StageResult], total_seconds: float,
-                  bench_ran: bool) -> dict[str, Any]:
+                  bench_ran: bool, nms_iou: float | None = None) -> dict[str, Any]:
     """Everything summary.md shows; paths are relative to ``out``."""
     overlays = sorted((out / "infer" / "overlay").glob("*.jpg"))[:OVERLAYS_SHOWN]
     bench = out / "bench"
@@ -57,6 +57,8 @@ def build_summary(out: Path, size: str, results: Sequence[StageResult], total_se
     return {
         "size": size,
         "pq": pq_section(read_json(out / "pq.json")),
+        "pq_nms": pq_section(read_json(out / "pq_nms.json")) if (out / "pq_nms.json").is_file() else None,
+        "nms_iou": nms_iou,
         "export": export_section(read_json(out / "export_report.json")),
         "latency": latency_section(read_json(bench / "report.json")) if bench_ran else None,
         "training": {**curve, "plot": "training_curve.png"},
@@ -66,6 +68,7 @@ def build_summary(out: Path, size: str, results: Sequence[StageResult], total_se
         # The plots' names come from benchmarks/report.py; globbing keeps this driver free of its torch imports.
         "plots": [p.relative_to(out).as_posix() for p in sorted(bench.glob("*.png"))] if bench_ran else [],
         "reports": {"latency": "bench/report.md" if bench_ran else None, "pq": "pq.json",
+                    "pq_nms": "pq_nms.json" if (out / "pq_nms.json").is_file() else None,
                     "export": "export_report.json"},
         "commands": [line for r in results for line in r.commands],
     }
@@ -102,6 +105,12 @@ def render_markdown(summary: Mapping[str, Any], link: Callable[[str], str] = str
         out += ["Targets (issue #9): " + ", ".join(
             f"{g} PQ >= {_pct(t)} ({'met' if summary['pq'][g]['pq'] >= t else 'NOT met'})"
             for g, t in targets.items()) + ".", ""]
+    if summary.get("pq_nms"):
+        nms = summary["pq_nms"]
+        out += [f"With the optional box NMS among things (`panseg-rt infer --nms-iou {summary['nms_iou']}`, off by "
+                "default for parity with detr; same model, same threshold): "
+                + ", ".join(f"{g} PQ {_pct(m['pq'])}" for g, m in nms.items())
+                + f" (`{link(summary['reports']['pq_nms'])}`).", ""]
     t = summary["training"]
     out += ["## Training: PQ against minutes", "",
             f"Stage 1 (detection) {t['stage1_minutes']:.1f} min, stage 2 (mask head, frozen detector) "

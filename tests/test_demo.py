@@ -33,7 +33,7 @@ from runtime.panoptic_format import read_panoptic_png
 from runtime.pq import GROUPS, PQStat, pq_image_stats
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "bench")
+STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "nms", "bench")
 
 
 def _run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -61,7 +61,8 @@ def _load(path: Path):
 def test_every_artifact_exists(quick):
     out = quick["out"]
     for rel in ("stage1/checkpoint.pth", "stage1/log.jsonl", "stage2/checkpoint.pth", "model.onnx",
-                "model.masks.onnx", "export_report.json", "infer/predictions.json", "pq.json", "bench/report.json",
+                "model.masks.onnx", "export_report.json", "infer/predictions.json", "pq.json", "pq_nms.json",
+                "infer_nms/predictions.json", "bench/report.json",
                 "bench/report.md", "summary.md", "summary.json"):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     gt = _load(out / "data" / "annotations" / "panoptic_val2017.json")
@@ -88,6 +89,9 @@ def test_summary_numbers_are_the_eval_and_bench_numbers(quick):
         row = (f"| {group} | {100 * pq[group]['pq']:.1f} | {100 * pq[group]['sq']:.1f} | {100 * pq[group]['rq']:.1f} "
                f"| {pq[group]['n']} | {counts[0]} | {counts[1]} | {counts[2]} |")
         assert row in md
+    nms = _load(out / "pq_nms.json")
+    assert all(summary["pq_nms"][g]["pq"] == nms[g]["pq"] for g, _ in GROUPS)
+    assert ", ".join(f"{g} PQ {100 * nms[g]['pq']:.1f}" for g, _ in GROUPS) in md
     bench = _load(out / "bench" / "report.json")
     eager = {r["batch"]: r["latency_ms"]["mean"] for r in bench["results"] if r["backend"] == "eager"}
     rows = {(r["backend"], r["batch"]): r for r in summary["latency"]["rows"]}
