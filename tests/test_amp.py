@@ -1,11 +1,9 @@
 """Mixed precision (--amp): bfloat16 autocast on a CPU with native bfloat16, float32 losses, weights that follow
 the float32 run closely."""
 
-import json
-
 import pytest
 import torch
-from test_training import TINY, run_train
+from test_training import TINY, log_lines, run_train
 
 from runtime.errors import PansegError
 from train import amp
@@ -82,10 +80,12 @@ def test_forward_runs_in_bfloat16_and_the_loss_in_float32():
 def test_amp_training_follows_the_float32_run(data, tmp_path):
     """Same data, same seed: the first iteration's loss (initial weights) agrees with float32 to bfloat16 accuracy,
     and after a few steps the weights moved in nearly the same direction."""
-    first = {amp_on: log_lines_of(run_train(data, tmp_path / f"one{amp_on}", "--epochs", "1", "--max_iters", "1",
-                                            *(["--amp"] if amp_on else [])), tmp_path / f"one{amp_on}")
-             for amp_on in (False, True)}
-    plain, mixed = first[False]["train_loss"], first[True]["train_loss"]
+    first = {}
+    for amp_on in (False, True):
+        out = tmp_path / f"one_iteration_amp_{amp_on}"
+        run_train(data, out, "--epochs", "1", "--max_iters", "1", *(["--amp"] if amp_on else []))
+        first[amp_on] = log_lines(out)[-1]["train_loss"]
+    plain, mixed = first[False], first[True]
     assert plain != mixed  # bfloat16 really ran
     assert abs(mixed - plain) < 0.005 * abs(plain)
 
@@ -100,7 +100,3 @@ def test_amp_training_follows_the_float32_run(data, tmp_path):
     assert step_fp32.norm() > 0
     cosine = float(torch.nn.functional.cosine_similarity(step_fp32, step_bf16, dim=0))
     assert cosine > 0.8
-
-
-def log_lines_of(_checkpoint, out):
-    return json.loads((out / "log.jsonl").read_text().splitlines()[-1])
