@@ -38,6 +38,7 @@ import numpy as np
 from benchmarks.flops import STAGE_TITLES
 from benchmarks.flops import STAGES as FLOP_STAGES
 from benchmarks.interleave import PipelineRun
+from benchmarks.markdown import table
 from benchmarks.pipelines import STAGES
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.bench import PERCENTILE_METHOD, UNSTABLE_CV, latency_stats
@@ -125,12 +126,6 @@ def _flops(x: float) -> str:
     return f"{x:.0f} "
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return lines + [""]
-
-
 def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
@@ -148,7 +143,7 @@ def _postprocess_section(report: Mapping[str, Any]) -> list[str]:
                 f"(PQ {check['pq']:.4f}; the port fixes detr's padded batches, so batches above 1 may differ)"]
     if report.get("postprocess_baselines"):
         out += [""]
-    out += _table(["backend", "batch", "postprocess ms", "share of end to end", "vs detr's code", "vs torch port"],
+    out += table(["backend", "batch", "postprocess ms", "share of end to end", "vs detr's code", "vs torch port"],
                   [[r["backend"], r["batch"], _ms(r["stages_ms"]["postprocess"]), f"{r['postprocess_share']:.1%}",
                     _ratio(r["postprocess_speedup_vs_detr"]), _ratio(r["postprocess_speedup_vs_torch_port"])]
                    for r in rows])
@@ -169,7 +164,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"Runtime intra-op); {s['warmup']} warmup + {s['iterations']} timed iterations over every batch, "
             f"backends interleaved round-robin with rotating order.", ""]
     out += ["## End-to-end latency (image file -> panoptic result), ms per call", ""]
-    out += _table(["backend", "batch", "mean", "p50", "p90", "p95", "p99", "min", "max", "images/s",
+    out += table(["backend", "batch", "mean", "p50", "p90", "p95", "p99", "min", "max", "images/s",
                    "speedup vs eager", "CV same input"],
                   [[r["backend"], r["batch"], *(_ms(r["latency_ms"][k]) for k in
                                                 ("mean", "p50", "p90", "p95", "p99", "min", "max")),
@@ -177,7 +172,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                     _ratio(r["speedup_vs_eager"]),
                     f"{r['cv_same_input']:.1%}" + (" (unstable)" if r["unstable"] else "")] for r in rows])
     out += ["## Stages, mean ms per call", ""]
-    out += _table(["backend", "batch", *STAGES, "sum of stages", "mean total", "H2D/D2H"],
+    out += table(["backend", "batch", *STAGES, "sum of stages", "mean total", "H2D/D2H"],
                   [[r["backend"], r["batch"], *(_ms(r["stages_ms"][k]) for k in STAGES), _ms(r["stage_sum_ms"]),
                     _ms(r["latency_ms"]["mean"]), report["backends"][r["backend"]]["copies"]] for r in rows])
     peak = report["peak"]
@@ -187,7 +182,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             " FLOPs: torch.utils.flop_counter on the eager modules at each batch's shape (matmuls and convolutions);"
             " eager and detr's single graph are credited with every query's mask, a query-sparse backend with the"
             " detector plus the masks of the queries it kept in this run.", ""]
-    out += _table(["backend", "batch", "FLOPs per call", "counted as", "engine ms", "achieved FLOP/s", "share of peak"],
+    out += table(["backend", "batch", "FLOPs per call", "counted as", "engine ms", "achieved FLOP/s", "share of peak"],
                   [[r["backend"], r["batch"], _flops(r["flops_per_call"]), report["backends"][r["backend"]]["flops"],
                     _ms(r["stages_ms"]["engine"]), _flops(r["achieved_flops_per_second"]),
                     f"{r['share_of_peak']:.1%}"] for r in rows])
@@ -195,12 +190,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             "- kept: queries above the threshold in this backend's own run, summed over the batch",
             "- masks: query masks computed (full: batch x queries; query-sparse: the kept ones)"]
     out += [f"- {STAGE_TITLES[k]}: {v}" for k, v in report["flops"]["stages"].items()] + [""]
-    out += _table(["backend", "batch", "kept", "masks", *(STAGE_TITLES[k] for k in FLOP_STAGES), "total"],
+    out += table(["backend", "batch", "kept", "masks", *(STAGE_TITLES[k] for k in FLOP_STAGES), "total"],
                   [[r["backend"], r["batch"], f"{np.mean(r['kept_queries']):g}", f"{r['masks_per_call']:g}",
                     *(_flops(r["flops_stages"][k]) for k in FLOP_STAGES), _flops(r["flops_stages"]["total"])]
                    for r in rows])
     out += ["## Agreement with eager (eager's output as ground truth)", ""]
-    out += _table(["backend", "batch", "pixel agreement", "same segments", "PQ vs eager", "segments (eager / backend)"],
+    out += table(["backend", "batch", "pixel agreement", "same segments", "PQ vs eager", "segments (eager / backend)"],
                   [[r["backend"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",
                     f"{r['agreement']['same_segments']:.2f}", f"{r['agreement']['pq']:.4f}",
                     f"{r['agreement']['segments_reference']} / {r['agreement']['segments_backend']}"] for r in rows])
@@ -208,12 +203,12 @@ def markdown(report: Mapping[str, Any]) -> str:
     out += ["## Memory", "",
             f"Process peak RSS (all backends in one process): {memory['process_peak_rss_mb']:.0f} MB. "
             f"GPU memory: {memory['gpu']}.", ""]
-    out += _table(["backend", "batch", "peak RSS during its calls (MB)",
+    out += table(["backend", "batch", "peak RSS during its calls (MB)",
                    "RSS added by loading it (MB; eager: the checkpoint)"],
                   [[r["backend"], r["batch"], "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
                     f"{report['backends'][r['backend']]['load_rss_mb']:.0f}"] for r in rows])
     out += ["## Backends", ""]
-    out += _table(["backend", "status", "what"],
+    out += table(["backend", "status", "what"],
                   [[name, b["status"] + (f": {b['note']}" if b.get("note") else ""), b["description"]]
                    for name, b in report["backends"].items()])
     out += [f"Plots: [{LATENCY_PLOT}]({LATENCY_PLOT}), [{STAGES_PLOT}]({STAGES_PLOT}).", "",

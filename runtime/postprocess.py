@@ -323,8 +323,6 @@ def postprocess_panoptic(
             f"batch sizes differ: {len(pred_logits)} logits, {len(pred_masks)} masks, {len(processed_sizes)} "
             f"processed sizes, {len(target_sizes)} target sizes"
         )
-    if nms_iou is not None and pred_boxes is None:
-        raise ValueError("box NMS needs pred_boxes")
     boxes_per_image = [None] * len(pred_logits) if pred_boxes is None else list(np.asarray(pred_boxes))
     results = []
     for logits, masks, size, target, boxes in zip(pred_logits, pred_masks, processed_sizes, target_sizes,
