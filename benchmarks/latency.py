@@ -44,8 +44,8 @@ from benchmarks.report import JSON_VERSION, add_speedups, markdown, result_row, 
 from export.onnx import export_checkpoint
 from export.onnx.loading import LoadedCheckpoint, load_for_export
 from runtime.backends import select_backend
+from runtime.contract import IMAGE_EXTENSIONS
 from runtime.errors import PansegError
-from runtime.infer import IMAGE_EXTENSIONS
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.postprocess import DEFAULT_THRESHOLD
 from train.datasets.collate import pad_images

@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,12 @@ import torch
 from torch import nn
 
 from benchmarks import detr_original
-from runtime.backends import select_backend
 from runtime.errors import PansegError
-from runtime.infer import InferOptions, Pipeline, check_engine
-from runtime.model_info import ModelInfo, parse_model_info
+from runtime.infer import InferOptions, Pipeline
+from runtime.model import load_model
+from runtime.model_info import ModelInfo
 from runtime.outputs import ImageJob
 from runtime.postprocess import PanopticResult
-from runtime.sparse import mask_graph_path
 from train.datasets.coco import open_rgb
 from train.datasets.collate import pad_images
 from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
@@ -143,24 +141,14 @@ class RuntimePipeline:
     def __init__(self, name: str, engine: Path, backend: str, backend_options: dict[str, Any],
                  settings: ResizeSettings) -> None:
         self.name = name
-        self._stack = ExitStack()
-        try:
-            loaded = self._stack.enter_context(select_backend(engine, backend, **backend_options))
-            self.info: ModelInfo = parse_model_info(loaded.metadata(), str(engine))
-            mask_backend = None
-            if self.info.mask_graph is not None:
-                mask_path = mask_graph_path(engine, self.info.mask_graph)
-                mask_backend = self._stack.enter_context(select_backend(mask_path, backend, **backend_options))
-            shape = check_engine(loaded, self.info, mask_backend)
-        except BaseException:
-            self._stack.close()
-            raise
-        self.backend = loaded
+        self.model = load_model(engine, backend, backend_options)
+        self.info: ModelInfo = self.model.info
+        loaded = self.model.detector
         options = InferOptions(threshold=settings.threshold, size=settings.size, max_size=settings.max_size,
                                progress=False, prefetch=False)
-        self.pipeline = Pipeline(loaded, self.info, options, shape, mask_backend)
+        self.pipeline = Pipeline(self.model, options)
         self.logits: dict[tuple[str, ...], np.ndarray] = {}  # last call's pred_logits per batch of images
-        self.flops_kind = "sparse" if mask_backend is not None else "full"
+        self.flops_kind = "sparse" if self.model.query_sparse else "full"
         self.copies = ("host<->device copies included in the engine stage" if backend == "tensorrt"
                        or any(p != "CPUExecutionProvider" for p in getattr(loaded, "providers", []))
                        else "not applicable (CPU)")
@@ -172,16 +160,17 @@ class RuntimePipeline:
         if batch.failures:
             raise PansegError(str(batch.failures[0]))
         clock.lap("preprocess")
-        logits, masks, _ = self.pipeline.run_engine(batch)
+        with self.pipeline.times.measure("engine"):
+            outputs = self.model.run(batch.images, batch.mask, self.pipeline.threshold)
         clock.lap("engine")
-        results = [self.pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k])
-                   for k in range(len(batch.jobs))]
+        results = [self.pipeline.postprocess(kept, batch.processed[k], batch.original[k])
+                   for k, kept in enumerate(outputs.kept)]
         clock.lap("postprocess")
-        self.logits[batch_key(paths)] = logits
+        self.logits[batch_key(paths)] = outputs.pred_logits
         return CallResult(sum(clock.stages.values()), clock.stages, results, clock.started)
 
     def close(self) -> None:
-        self._stack.close()
+        self.model.close()
 
 
 # ------------------------------------------------------------------------------------------------------ the table

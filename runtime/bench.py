@@ -38,8 +38,10 @@ from tqdm import tqdm
 
 from runtime.backends import Backend, select_backend
 from runtime.backends.base import TensorSpec
+from runtime.contract import IMAGES as IMAGES_INPUT
+from runtime.contract import PADDING_MASK as MASK_INPUT
 from runtime.errors import PansegError
-from runtime.infer import IMAGES_INPUT, MASK_INPUT, EngineShape
+from runtime.model import EngineShape
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.preprocess import target_size
 from runtime.trt_sidecar import check_shapes_in_profile, format_shape

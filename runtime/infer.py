@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,28 +35,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from runtime.backends import Backend, select_backend
-from runtime.backends.base import TensorSpec
+from runtime.contract import IMAGE_EXTENSIONS
 from runtime.errors import PansegError
 from runtime.filehash import file_sha256
 from runtime.jsonfile import read_json
-from runtime.model_info import ModelInfo, parse_model_info
+from runtime.model import PanopticModel, load_model
+from runtime.model_info import ModelInfo
 from runtime.outputs import ImageJob, OutputDir, PredictionsFile, check_output_name
-from runtime.postprocess import PanopticResult, postprocess_panoptic
+from runtime.postprocess import KeptQueries, PanopticResult, segment_kept
 from runtime.preprocess import load_image, pad_batch, plan_batches, preprocess, target_size
-from runtime.sparse import (
-    DETECTOR_OUTPUTS,
-    MASK_INPUTS,
-    MASK_OUTPUT,
-    mask_graph_path,
-    postprocess_kept,
-    run_query_sparse,
-)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                              ".pbm", ".pnm"})
-IMAGES_INPUT, MASK_INPUT = "images", "padding_mask"
-LOGITS_OUTPUT, MASKS_OUTPUT, BOXES_OUTPUT = "pred_logits", "pred_masks", "pred_boxes"
 STAGES = ("preprocess", "engine", "postprocess", "overlay", "write")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -280,70 +268,6 @@ def probe_size(path: Path, apply_exif: bool = True) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------------ engine
 
 
-@dataclass(frozen=True)
-class EngineShape:
-    """The fixed dimensions of the engine's images input (None: dynamic)."""
-
-    batch: int | None = None
-    height: int | None = None
-    width: int | None = None
-
-    @classmethod
-    def from_spec(cls, spec: TensorSpec) -> EngineShape:
-        dims = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
-        if len(dims) != 4:
-            raise PansegError(f"engine input {spec.describe()} is not N x 3 x H x W")
-        return cls(dims[0], dims[2], dims[3])
-
-    def too_large(self, processed: tuple[int, int]) -> str | None:
-        h, w = processed
-        if (self.height is not None and h > self.height) or (self.width is not None and w > self.width):
-            return (f"processed size {h}x{w} does not fit the engine's fixed input {self.height}x{self.width} "
-                    "(lower --size/--max-size, or export with dynamic shapes)")
-        return None
-
-    def fit(self, images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pad a batch to the engine's fixed sizes; extra batch slots repeat the last image (results ignored)."""
-        b, c, h, w = images.shape
-        out_b, out_h, out_w = self.batch or b, self.height or h, self.width or w
-        if (out_b, out_h, out_w) == (b, h, w):
-            return images, mask
-        fitted = np.zeros((out_b, c, out_h, out_w), dtype=images.dtype)
-        fitted_mask = np.ones((out_b, out_h, out_w), dtype=bool)
-        fitted[:b, :, :h, :w] = images
-        fitted_mask[:b, :h, :w] = mask
-        fitted[b:] = fitted[b - 1]
-        fitted_mask[b:] = fitted_mask[b - 1]
-        return fitted, fitted_mask
-
-
-def check_engine(backend: Backend, info: ModelInfo, mask_backend: Backend | None = None) -> EngineShape:
-    """The engine must be a panoptic model with the tensors the runtime feeds and reads (a query-sparse model: its
-    detector and its mask graph ``mask_backend``)."""
-    if not info.panoptic:
-        raise PansegError(f"{info.source}: a {info.kind}-only model; panseg-rt infer needs a panoptic model "
-                          "(one trained and exported with masks)")
-    if info.mask_graph is not None and mask_backend is None:
-        raise PansegError(f"{info.source}: a query-sparse model; its mask graph {info.mask_graph} must be loaded too")
-    if info.mask_graph is None and mask_backend is not None:
-        raise PansegError(f"{info.source}: a single-graph model takes no mask graph")
-    inputs = {s.name: s for s in backend.input_specs()}
-    outputs = {s.name for s in backend.output_specs()}
-    wanted_outputs = DETECTOR_OUTPUTS if mask_backend is not None else (LOGITS_OUTPUT, MASKS_OUTPUT)
-    missing = [n for n in (IMAGES_INPUT,) if n not in inputs] + [n for n in wanted_outputs if n not in outputs]
-    if mask_backend is not None:
-        mask_inputs = {s.name for s in mask_backend.input_specs()}
-        mask_outputs = {s.name for s in mask_backend.output_specs()}
-        if mask_inputs != set(MASK_INPUTS) or MASK_OUTPUT not in mask_outputs:
-            raise PansegError(f"{mask_backend.path}: mask graph tensors {sorted(mask_inputs)} -> {sorted(mask_outputs)}"
-                              f" are not a panseg mask graph's ({', '.join(MASK_INPUTS)} -> {MASK_OUTPUT})")
-    unknown_inputs = [n for n in inputs if n not in (IMAGES_INPUT, MASK_INPUT)]
-    if missing or unknown_inputs:
-        raise PansegError(f"{info.source}: engine tensors {sorted(inputs)} -> {sorted(outputs)} are not a panseg "
-                          f"DETR's (missing {missing or 'none'}, unexpected inputs {unknown_inputs or 'none'})")
-    return EngineShape.from_spec(inputs[IMAGES_INPUT])
-
-
 # ------------------------------------------------------------------------------------------------------ stages
 
 
@@ -361,16 +285,13 @@ class PreparedBatch:
 class Pipeline:
     """The per-batch stages of one run, with the settings resolved from the model and the options."""
 
-    def __init__(self, backend: Backend, info: ModelInfo, options: InferOptions, shape: EngineShape,
-                 mask_backend: Backend | None = None) -> None:
-        self.backend = backend
-        self.mask_backend = mask_backend
-        self.info = info
+    def __init__(self, model: PanopticModel, options: InferOptions) -> None:
+        self.model = model
+        self.info = model.info
         self.options = options
-        self.shape = shape
-        self.threshold, self.size, self.max_size = options.resolved(info)
-        self.is_thing = info.is_thing
-        self.feeds_mask = any(s.name == MASK_INPUT for s in backend.input_specs())
+        self.shape = model.shape
+        self.threshold, self.size, self.max_size = options.resolved(model.info)
+        self.is_thing = model.info.is_thing
         self.times = StageTimes()
 
     def processed_size(self, original: tuple[int, int]) -> tuple[int, int]:
@@ -422,33 +343,15 @@ class Pipeline:
                 images, mask = self.shape.fit(*pad_batch(arrays))
             return PreparedBatch(kept, images, mask, processed, original, pictures, failures)
 
-    def run_engine(self, batch: PreparedBatch) -> tuple[np.ndarray, Sequence[np.ndarray], np.ndarray | None]:
-        """(logits B x Q x C+1, masks per image: all Q queries' for a single graph, the kept ones' if query-sparse,
-        boxes B x Q x 4 when box NMS needs them, else None)."""
-        feeds = {IMAGES_INPUT: batch.images}
-        if self.feeds_mask:
-            feeds[MASK_INPUT] = batch.mask
-        nms_iou = self.options.nms_iou
+    def run_engine(self, batch: PreparedBatch) -> list[KeptQueries]:
+        """The model on the batch: per image, the kept queries with their masks (model.run)."""
         with self.times.measure("engine"):
-            if self.mask_backend is not None:
-                out = run_query_sparse(self.backend.infer, self.mask_backend.infer, feeds, self.threshold,
-                                       self.is_thing, nms_iou)
-                return out.pred_logits, out.masks, out.pred_boxes if nms_iou is not None else None
-            names = [LOGITS_OUTPUT, MASKS_OUTPUT] + ([BOXES_OUTPUT] if nms_iou is not None else [])
-            out = self.backend.infer(feeds, names)
-        return out[LOGITS_OUTPUT], out[MASKS_OUTPUT], out.get(BOXES_OUTPUT)
+            return self.model.run(batch.images, batch.mask, self.threshold, self.options.nms_iou).kept
 
-    def postprocess(self, logits: np.ndarray, masks: np.ndarray, processed: tuple[int, int],
-                    original: tuple[int, int], boxes: np.ndarray | None = None) -> PanopticResult:
-        """One image's result; ``boxes`` (Q x 4, from run_engine) only for box NMS."""
-        nms_iou = self.options.nms_iou
+    def postprocess(self, kept: KeptQueries, processed: tuple[int, int], original: tuple[int, int]) -> PanopticResult:
+        """One image's result from what the engine stage kept (no second selection)."""
         with self.times.measure("postprocess"):
-            if self.mask_backend is not None:
-                return postprocess_kept(logits, masks, processed, original, self.is_thing, self.threshold,
-                                        self.info.mask_stride, boxes=boxes, nms_iou=nms_iou)
-            return postprocess_panoptic(logits[None], masks[None], [processed], [original], self.is_thing,
-                                        self.threshold, mask_stride=self.info.mask_stride,
-                                        pred_boxes=None if boxes is None else boxes[None], nms_iou=nms_iou)[0]
+            return segment_kept(kept, processed, original, self.is_thing, self.info.mask_stride)
 
 
 def prefetched(items: Sequence[T], work: Callable[[T], R], enabled: bool, times: StageTimes) -> Iterator[R]:
@@ -475,30 +378,26 @@ def prefetched(items: Sequence[T], work: Callable[[T], R], enabled: bool, times:
 # ------------------------------------------------------------------------------------------------------ running
 
 
-def run_settings(engine_path: Path, info: ModelInfo, options: InferOptions,
-                 mask_graph: Path | None = None) -> dict[str, Any]:
+def run_settings(model: PanopticModel, options: InferOptions) -> dict[str, Any]:
     """What an image's result depends on; a finished image made with other settings is made again."""
-    threshold, size, max_size = options.resolved(info)
-    settings = {"engine": engine_path.name, "engine_sha256": file_sha256(engine_path), "threshold": threshold,
-                "resize": {"size": size, "max_size": max_size}, "normalization": {"mean": info.mean, "std": info.std},
-                "exif": options.apply_exif}
+    threshold, size, max_size = options.resolved(model.info)
+    settings = {"engine": model.path.name, "engine_sha256": file_sha256(model.path), "threshold": threshold,
+                "resize": {"size": size, "max_size": max_size},
+                "normalization": {"mean": model.info.mean, "std": model.info.std}, "exif": options.apply_exif}
     if options.nms_iou is not None:  # only when set, so outputs made before the option existed stay reusable
         settings["nms_iou"] = options.nms_iou
-    if mask_graph is not None:
-        settings["mask_graph_sha256"] = file_sha256(mask_graph)
+    if model.mask_path is not None:
+        settings["mask_graph_sha256"] = file_sha256(model.mask_path)
     return settings
 
 
-def run_inference(backend: Backend, info: ModelInfo, jobs: Sequence[ImageJob], output: OutputDir,
-                  options: InferOptions, failures: Sequence[Failure] = (),
-                  on_failure: Callable[[Failure], None] | None = None, load_seconds: float = 0.0,
-                  mask_backend: Backend | None = None) -> InferReport:
-    """Process ``jobs`` into ``output``; ``failures`` (e.g. unmatched inputs) are reported alongside.
-    ``mask_backend``: a query-sparse model's mask graph (``backend`` is then its detector)."""
+def run_inference(model: PanopticModel, jobs: Sequence[ImageJob], output: OutputDir, options: InferOptions,
+                  failures: Sequence[Failure] = (), on_failure: Callable[[Failure], None] | None = None,
+                  load_seconds: float = 0.0) -> InferReport:
+    """Process ``jobs`` into ``output`` with a loaded ``model``; ``failures`` (e.g. unmatched inputs) are reported
+    alongside. ``jobs`` must write distinct PNGs (:func:`check_unique_outputs`)."""
     started = time.perf_counter()
-    shape = check_engine(backend, info, mask_backend)
-    pipeline = Pipeline(backend, info, options, shape, mask_backend)
-    check_unique_outputs(jobs)
+    pipeline = Pipeline(model, options)
     failed: list[Failure] = []
 
     def fail(failure: Failure) -> None:
@@ -508,7 +407,7 @@ def run_inference(backend: Backend, info: ModelInfo, jobs: Sequence[ImageJob], o
 
     for failure in failures:
         fail(failure)
-    predictions = PredictionsFile(output.predictions_path, info.categories, [j.stem for j in jobs])
+    predictions = PredictionsFile(output.predictions_path, model.info.categories, [j.stem for j in jobs])
     todo: list[ImageJob] = []
     for job in jobs:
         annotation = None if options.overwrite else output.finished_annotation(job)
@@ -528,11 +427,10 @@ def run_inference(backend: Backend, info: ModelInfo, jobs: Sequence[ImageJob], o
             for failure in batch.failures:
                 fail(failure)
             if batch.jobs:
-                logits, masks, boxes = pipeline.run_engine(batch)
+                kept = pipeline.run_engine(batch)
                 for k, job in enumerate(batch.jobs):
                     try:
-                        result = pipeline.postprocess(logits[k], masks[k], batch.processed[k], batch.original[k],
-                                                      None if boxes is None else boxes[k])
+                        result = pipeline.postprocess(kept[k], batch.processed[k], batch.original[k])
                     except PansegError as exc:
                         fail(Failure(str(job.path), f"{job.path}: {exc}"))
                         continue
@@ -546,7 +444,7 @@ def run_inference(backend: Backend, info: ModelInfo, jobs: Sequence[ImageJob], o
         predictions.flush()
         report = InferReport(total=len(jobs) + len(failures), done=done, skipped=len(jobs) - len(todo),
                              failures=failed, times=pipeline.times, wall_seconds=time.perf_counter() - started,
-                             batches=len(batches), batch_size=shape.batch or options.batch_size,
+                             batches=len(batches), batch_size=model.shape.batch or options.batch_size,
                              predictions=output.predictions_path, load_seconds=load_seconds)
         output.write_timings(report.to_json())
         output.write_failures((f.path, str(f)) for f in failed)
@@ -581,16 +479,8 @@ def infer(engine: str | os.PathLike, inputs: Sequence[str | os.PathLike], output
         jobs, failures = jobs_for_files(paths), []
     check_unique_outputs(jobs)
     started = time.perf_counter()
-    with ExitStack() as stack:
-        loaded = stack.enter_context(select_backend(engine, backend, **(backend_options or {})))
-        info = parse_model_info(loaded.metadata(), str(engine))
-        masks_path = mask_graph_path(engine, info.mask_graph) if info.mask_graph else None
-        mask_backend = None
-        if masks_path is not None:
-            mask_backend = stack.enter_context(select_backend(masks_path, backend, **(backend_options or {})))
-        check_engine(loaded, info, mask_backend)
-        output = OutputDir(output_dir, info.categories, run_settings(engine, info, options, masks_path),
-                           overlay=options.overlay)
+    with load_model(engine, backend, backend_options) as model:
+        output = OutputDir(output_dir, model.info.categories, run_settings(model, options), overlay=options.overlay)
         load_seconds = time.perf_counter() - started
-        report = run_inference(loaded, info, jobs, output, options, failures, on_failure, load_seconds, mask_backend)
+        report = run_inference(model, jobs, output, options, failures, on_failure, load_seconds)
     return report

@@ -1,31 +1,44 @@
 """What an exported model says about itself, parsed once into typed values (``ModelInfo``).
 
-The export stores its metadata as string values: ``metadata_props`` of the .onnx (every value JSON-encoded, see
-export/onnx/metadata.py) or the side file ``model.plan.json`` of a TensorRT engine (read by
-``runtime.backends.read_sidecar_metadata``, plain strings kept as they are). Both reach us through
+The export stores its metadata as JSON strings: ``metadata_props`` of the .onnx (see export/onnx/metadata.py) or the
+side file ``model.plan.json`` of a TensorRT engine (read by ``runtime.trt_sidecar.read_sidecar_metadata``, which
+JSON-encodes every value the same way), decoded by the one strict decoder in runtime/metadata_props.py. Both reach us
+through
 ``Backend.metadata()``; everything the runtime needs is checked here, so a broken or foreign model fails with one line
 naming the file and the key, not with a KeyError in the middle of a run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from runtime.categories import Category, categories_from_json
+from runtime.contract import (
+    DEFAULT_MASK_STRIDE,
+    DETECTION,
+    KEY_CATEGORIES,
+    KEY_INPUTS,
+    KEY_KIND,
+    KEY_MASK_STRIDE,
+    KEY_NORMALIZATION,
+    KEY_NUM_CLASSES,
+    KEY_NUM_QUERIES,
+    KEY_OUTPUTS,
+    KEY_QUERY_SPARSE,
+    KEY_RESIZE,
+    KEY_TENSORRT,
+    KEY_THRESHOLD,
+    KEY_VERSION,
+    PANOPTIC,
+    SUPPORTED_VERSION,
+    is_tensorrt_file,
+)
 from runtime.errors import PanopticFormatError, PansegError
+from runtime.metadata_props import decode_metadata_props
 from runtime.sparse import mask_graph_file
-from runtime.trt_sidecar import SECTION as TRT_SECTION
-
-TRT_SUFFIXES = (".plan", ".engine")  # what runtime.backends.select_backend runs with TensorRT
-SUPPORTED_METADATA_VERSION = 2  # 2: query-sparse models (a detector naming its mask graph, runtime/sparse.py)
-DEFAULT_MASK_STRIDE = 4
-PANOPTIC = "panoptic"
-DETECTION = "detection"
 
 
 @dataclass(frozen=True)
@@ -64,19 +77,11 @@ class ModelInfo:
         return self.kind == PANOPTIC
 
 
-def _decode(value: str) -> Any:
-    # ONNX metadata values are JSON; a side file may keep plain strings (e.g. "panoptic") as they are.
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return value
-
-
 class _Reader:
     """Typed access to the metadata, each failure naming the engine file and the key."""
 
     def __init__(self, metadata: Mapping[str, str], source: str) -> None:
-        self.values = {k: _decode(v) for k, v in metadata.items()}
+        self.values = decode_metadata_props(metadata.items(), source)
         self.source = source
 
     def fail(self, key: str, problem: str) -> PansegError:
@@ -114,49 +119,49 @@ class _Reader:
 
 def parse_model_info(metadata: Mapping[str, str], source: str = "model") -> ModelInfo:
     """``Backend.metadata()`` -> ModelInfo; raises PansegError naming ``source`` and the bad key."""
-    r = _Reader(metadata, source)
-    if "panseg_metadata_version" not in r.values:
+    if KEY_VERSION not in metadata:  # a foreign model's metadata need not be JSON: say what it is first
         raise PansegError(f"{source}: no panseg metadata in this model (export it with `python -m export.onnx`, "
                           "which records categories, preprocessing and threshold)")
-    version = r.positive_int("panseg_metadata_version")
-    if version > SUPPORTED_METADATA_VERSION:
-        raise r.fail("panseg_metadata_version", f"is {version}; this runtime reads up to "
-                     f"{SUPPORTED_METADATA_VERSION} (upgrade panseg)")
+    r = _Reader(metadata, source)
+    version = r.positive_int(KEY_VERSION)
+    if version > SUPPORTED_VERSION:
+        raise r.fail(KEY_VERSION, f"is {version}; this runtime reads up to "
+                     f"{SUPPORTED_VERSION} (upgrade panseg)")
 
-    kind = r.get("model_kind")
+    kind = r.get(KEY_KIND)
     if kind not in (PANOPTIC, DETECTION):
-        raise r.fail("model_kind", f"must be {PANOPTIC!r} or {DETECTION!r}, got {kind!r}")
+        raise r.fail(KEY_KIND, f"must be {PANOPTIC!r} or {DETECTION!r}, got {kind!r}")
 
-    entries = r.get("categories")
+    entries = r.get(KEY_CATEGORIES)
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise r.fail("categories", "must be a non-empty list of COCO category objects")
+        raise r.fail(KEY_CATEGORIES, "must be a non-empty list of COCO category objects")
     try:
         categories = categories_from_json(entries, f"{source} metadata 'categories'")
     except PanopticFormatError as exc:
         raise PansegError(str(exc)) from exc
 
-    normalization = r.get("normalization")
+    normalization = r.get(KEY_NORMALIZATION)
     if not isinstance(normalization, dict):
-        raise r.fail("normalization", f"must be an object with mean and std, got {normalization!r}")
+        raise r.fail(KEY_NORMALIZATION, f"must be an object with mean and std, got {normalization!r}")
     mean = r.triple("normalization.mean", normalization.get("mean"), positive=False)
     std = r.triple("normalization.std", normalization.get("std"), positive=True)
 
-    resize = r.get("resize")
+    resize = r.get(KEY_RESIZE)
     if not isinstance(resize, dict):
-        raise r.fail("resize", f"must be an object with size and max_size, got {resize!r}")
+        raise r.fail(KEY_RESIZE, f"must be an object with size and max_size, got {resize!r}")
     size = r.positive_int("resize.size", resize.get("size"))
     max_size = resize.get("max_size")
     if max_size is not None:
         max_size = r.positive_int("resize.max_size", max_size)
 
-    threshold = r.get("threshold")
+    threshold = r.get(KEY_THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold < 1.0:
-        raise r.fail("threshold", f"must be a number in [0, 1), got {threshold!r}")
+        raise r.fail(KEY_THRESHOLD, f"must be a number in [0, 1), got {threshold!r}")
 
-    num_classes = r.positive_int("num_classes")
+    num_classes = r.positive_int(KEY_NUM_CLASSES)
     too_large = sorted(c for c in categories if not 0 <= c < num_classes)
     if too_large:
-        raise r.fail("categories", f"has ids {too_large[:5]} outside the model's {num_classes} classes")
+        raise r.fail(KEY_CATEGORIES, f"has ids {too_large[:5]} outside the model's {num_classes} classes")
     return ModelInfo(
         source=source,
         metadata_version=version,
@@ -166,11 +171,11 @@ def parse_model_info(metadata: Mapping[str, str], source: str = "model") -> Mode
         std=std,
         resize=ResizePolicy(size, max_size),
         threshold=float(threshold),
-        input_names=r.names("inputs"),
-        output_names=r.names("outputs"),
-        num_queries=r.positive_int("num_queries"),
+        input_names=r.names(KEY_INPUTS),
+        output_names=r.names(KEY_OUTPUTS),
+        num_queries=r.positive_int(KEY_NUM_QUERIES),
         num_classes=num_classes,
-        mask_stride=r.positive_int("mask_stride", default=DEFAULT_MASK_STRIDE),
+        mask_stride=r.positive_int(KEY_MASK_STRIDE, default=DEFAULT_MASK_STRIDE),
         mask_graph=_mask_graph(r, source),
     )
 
@@ -179,7 +184,7 @@ def _mask_graph(r: _Reader, source: str) -> str | None:
     """The mask graph's file name; a TensorRT engine's side file (it has a ``tensorrt`` section) must name a mask
     engine next to it, as python -m export.tensorrt writes it, not the ONNX mask graph it was built from."""
     name = mask_graph_file(r.values, source)
-    if name is not None and TRT_SECTION in r.values and Path(name).suffix.lower() not in TRT_SUFFIXES:
-        raise r.fail("query_sparse", f"names the mask graph {name}, not a TensorRT engine; rebuild the pair with "
+    if name is not None and KEY_TENSORRT in r.values and not is_tensorrt_file(name):
+        raise r.fail(KEY_QUERY_SPARSE, f"names the mask graph {name}, not a TensorRT engine; rebuild the pair with "
                      "python -m export.tensorrt, which builds the detector and the mask engine together")
     return name

@@ -327,16 +327,57 @@ def postprocess_panoptic(
     results = []
     for logits, masks, size, target, boxes in zip(pred_logits, pred_masks, processed_sizes, target_sizes,
                                                   boxes_per_image, strict=True):
-        keep, scores, labels = select_queries(logits, threshold, boxes, is_thing, nms_iou)
-        kept = masks[keep]
-        if not detr_compat:
-            rows, cols = valid_mask_region(size, masks.shape[-2:], mask_stride)
-            kept = kept[:, :rows, :cols]
-        results.append(
-            panoptic_segmentation(kept, scores, labels, size, target, is_thing, merge_stuff=merge_stuff,
-                                  first_id=0 if detr_compat else 1, threads=threads)
-        )
+        kept = KeptQueries.select(logits, masks, threshold, boxes, is_thing, nms_iou)
+        if detr_compat:
+            results.append(panoptic_segmentation(kept.masks, kept.scores, kept.labels, size, target, is_thing,
+                                                 merge_stuff=merge_stuff, first_id=0, threads=threads))
+        else:
+            results.append(segment_kept(kept, size, target, is_thing, mask_stride, merge_stuff, threads))
     return results
+
+
+@dataclass
+class KeptQueries:
+    """One image's queries that passed selection: what the engine stage hands to the post-processing.
+
+    A query-sparse model computes masks only for these (runtime/sparse.py), a single graph computes all and keeps
+    these rows; either way the post-processing takes this as it is and never selects again.
+    """
+
+    indices: np.ndarray  # K query indices, ascending
+    scores: np.ndarray  # K class probabilities
+    labels: np.ndarray  # K category ids
+    masks: np.ndarray  # K x hm x wm mask logits at stride 4 of the padded batch
+
+    @classmethod
+    def select(cls, logits: np.ndarray, masks: np.ndarray, threshold: float, boxes: np.ndarray | None = None,
+               is_thing: Mapping[int, bool] | None = None, nms_iou: float | None = None) -> KeptQueries:
+        """From one image's Q x (C+1) logits and all Q masks (a single graph's outputs)."""
+        keep, scores, labels = select_queries(logits, threshold, boxes, is_thing, nms_iou)
+        return cls(keep, scores, labels, np.asarray(masks)[keep])
+
+
+@dataclass
+class ModelOutputs:
+    """One batch through the model (either layout): the raw class logits and boxes, and per image what was kept."""
+
+    pred_logits: np.ndarray  # B x Q x (C+1)
+    pred_boxes: np.ndarray  # B x Q x 4
+    kept: list[KeptQueries]
+
+    @property
+    def kept_counts(self) -> list[int]:
+        return [int(k.indices.size) for k in self.kept]
+
+
+def segment_kept(kept: KeptQueries, processed_size: tuple[int, int], target_size: tuple[int, int] | None,
+                 is_thing: Mapping[int, bool], mask_stride: int = MASK_STRIDE, merge_stuff: bool = False,
+                 threads: int | None = None) -> PanopticResult:
+    """One image's panoptic result from its kept queries (masks cropped to the image's region of the batch)."""
+    rows, cols = valid_mask_region(processed_size, kept.masks.shape[-2:], mask_stride)
+    target = processed_size if target_size is None else target_size
+    return panoptic_segmentation(kept.masks[:, :rows, :cols], kept.scores, kept.labels, processed_size, target,
+                                 is_thing, merge_stuff=merge_stuff, threads=threads)
 
 
 def box_cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:

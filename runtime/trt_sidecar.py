@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.backends.base import read_sidecar_metadata, sidecar_path
+from runtime.contract import sidecar_path
 from runtime.errors import PansegError
 
 SECTION = "tensorrt"
@@ -224,6 +224,21 @@ def _typed(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise PansegError(f"{where}.{key} missing or not a {kind.__name__} (got {value!r})")
     return value
+
+
+def read_sidecar_metadata(engine_path: str | os.PathLike) -> dict[str, str]:
+    """The side file as key -> JSON string, exactly like an ONNX model's ``metadata_props`` (one decoder reads both)."""
+    path = sidecar_path(engine_path)
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PansegError(f"{path}: metadata side file missing (it is written next to the engine by the export)") \
+            from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PansegError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise PansegError(f"{path}: expected a JSON object of metadata, got {type(data).__name__}")
+    return {str(k): json.dumps(v) for k, v in data.items()}
 
 
 def read_engine_sidecar(engine_path: str | os.PathLike) -> tuple[dict[str, str], EngineInfo]:

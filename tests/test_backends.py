@@ -19,11 +19,11 @@ from runtime.backends import (
     OnnxRuntimeBackend,
     add_backend_arguments,
     backend_options_from_args,
-    read_sidecar_metadata,
     select_backend,
 )
 from runtime.backends.onnxruntime_backend import check_single_onnxruntime
 from runtime.errors import PansegError
+from runtime.trt_sidecar import read_sidecar_metadata
 
 METADATA = {
     "categories": json.dumps([{"id": 1, "name": "sky", "isthing": 0, "color": [70, 130, 180]}]),
@@ -265,9 +265,11 @@ def test_conflicting_onnxruntime_wheels_are_refused():
 
 def test_sidecar_metadata_is_strings_like_metadata_props(tmp_path):
     plan = tmp_path / "model.plan"
-    (tmp_path / "model.plan.json").write_text(json.dumps({"threshold": "0.85", "categories": [{"id": 1}]}))
+    side = {"threshold": 0.85, "kind": "panoptic", "categories": [{"id": 1}]}
+    (tmp_path / "model.plan.json").write_text(json.dumps(side))
     meta = read_sidecar_metadata(plan)
     assert meta["threshold"] == "0.85" and json.loads(meta["categories"]) == [{"id": 1}]
+    assert json.loads(meta["kind"]) == "panoptic"  # every value JSON-encoded, strings too: one strict decoder
     with pytest.raises(PansegError, match="other.plan.json"):
         read_sidecar_metadata(tmp_path / "other.plan")
 

@@ -29,7 +29,8 @@ from runtime.categories import categories_from_json, categories_to_json
 from runtime.cli import main
 from runtime.commands import infer_cmd
 from runtime.errors import PansegError
-from runtime.infer import EngineShape, InferOptions, Pipeline, check_engine, collect_inputs, infer
+from runtime.infer import InferOptions, Pipeline, collect_inputs, infer
+from runtime.model import EngineShape, check_engine
 from runtime.model_info import parse_model_info
 from runtime.outputs import OutputDir, PredictionsFile
 from runtime.panoptic_format import read_panoptic_png, segment_stats, validate_annotation, write_panoptic_png
@@ -447,8 +448,10 @@ def test_model_info_reads_the_exported_metadata_and_names_bad_keys(model):
     assert info.output_names[:2] == ("pred_logits", "pred_boxes") and "pred_masks" not in info.output_names
     assert info.mask_graph == "tiny.masks.onnx"
     assert (info.num_queries, info.num_classes, info.mask_stride, info.panoptic) == (10, 12, 4, True)
-    # a TensorRT side file keeps plain strings as they are
-    assert parse_model_info({**metadata, "model_kind": "panoptic"}, "m.plan").kind == "panoptic"
+    # one strict decoder: every value is JSON (a TensorRT side file's reader JSON-encodes its values the same way)
+    assert parse_model_info({**metadata, "model_kind": json.dumps("panoptic")}, "m.plan").kind == "panoptic"
+    with pytest.raises(PansegError, match="m.plan: metadata 'model_kind' is not JSON"):
+        parse_model_info({**metadata, "model_kind": "panoptic"}, "m.plan")
     broken = {
         "threshold": "1.5",
         "resize": json.dumps({"size": 0, "max_size": 1333}),

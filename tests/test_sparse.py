@@ -24,12 +24,13 @@ from export.onnx.sparse import DetectorGraph, MaskGraph, lay1_image_part, split_
 from export.trt_operators import check_tensorrt_compatible
 from runtime.backends import OnnxRuntimeBackend
 from runtime.categories import categories_to_json
+from runtime.contract import DETECTOR_OUTPUTS, PER_IMAGE_INPUTS
 from runtime.errors import PansegError
 from runtime.infer import InferOptions, infer
 from runtime.panoptic_format import read_panoptic_png
-from runtime.postprocess import postprocess_panoptic
+from runtime.postprocess import postprocess_panoptic, segment_kept
 from runtime.preprocess import pad_batch, preprocess
-from runtime.sparse import DETECTOR_OUTPUTS, PER_IMAGE_INPUTS, postprocess_sparse, run_query_sparse
+from runtime.sparse import run_query_sparse
 from train.checkpoint import save_checkpoint
 from train.models import DETRConfig, build_model
 from train.models.segmentation import _expand
@@ -222,7 +223,7 @@ def _force(logits: np.ndarray, image: int, mode: str) -> None:
 @pytest.mark.parametrize("case", ["real", "nothing kept", "everything kept", "mixed"])
 def test_two_graph_pipeline_equals_the_full_graph(case, sparse_export, full_model):
     """Same padded batch through the full graph (+ postprocess_panoptic) and through detector -> threshold -> mask
-    graph (+ postprocess_sparse): identical kept queries, masks and panoptic results, with batches of 2 whose
+    graph (+ segment_kept on what it kept): identical kept queries, masks and panoptic results, with batches of 2 whose
     images keep different numbers of queries (and an image that keeps nothing or everything)."""
     feeds, processed = _batch([0, 1], [64, 48])
     is_thing = {c.id: bool(c.isthing) for c in synthetic_categories()}
@@ -261,8 +262,9 @@ def test_two_graph_pipeline_equals_the_full_graph(case, sparse_export, full_mode
     # one mask-graph call with the flattened kept pairs of both images
     assert len(mask_calls) == 1 and mask_calls[0].tolist() == [0] * counts[0] + [1] * counts[1]
     for k in range(2):
-        np.testing.assert_allclose(sparse.masks[k], ref["pred_masks"][k][sparse.keep[k]], atol=1e-3, rtol=1e-4)
-    ours = postprocess_sparse(sparse, processed, None, is_thing)
+        kept = sparse.kept[k]
+        np.testing.assert_allclose(kept.masks, ref["pred_masks"][k][kept.indices], atol=1e-3, rtol=1e-4)
+    ours = [segment_kept(kept, size, None, is_thing) for kept, size in zip(sparse.kept, processed, strict=True)]
     theirs = postprocess_panoptic(logits, ref["pred_masks"], processed, None, is_thing, threshold)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a.id_map, b.id_map)
@@ -283,8 +285,8 @@ def test_nothing_kept_in_the_whole_batch_skips_the_mask_graph(sparse_export):
 
         sparse = run_query_sparse(run_detector, run_masks, feeds, 0.5)
     h, w = feeds["images"].shape[2:]
-    assert sparse.kept_counts == [0] and sparse.masks[0].shape == (0, -(-h // 4), -(-w // 4))
-    result = postprocess_sparse(sparse, processed, [(70, 70)], {c.id: True for c in synthetic_categories()})[0]
+    assert sparse.kept_counts == [0] and sparse.kept[0].masks.shape == (0, -(-h // 4), -(-w // 4))
+    result = segment_kept(sparse.kept[0], processed[0], (70, 70), {c.id: True for c in synthetic_categories()})
     assert result.segments_info == [] and result.id_map.shape == (70, 70) and not result.id_map.any()
 
 

@@ -30,9 +30,9 @@ from export.tensorrt.masks import feature_strides
 from export.tensorrt.profile import ShapeRange, default_range, graph_inputs, parse_bhw, resolve_range
 from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible, load_supported_operators, unsupported_nodes
-from runtime.backends import read_sidecar_metadata, sidecar_path
 from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.categories import categories_to_json
+from runtime.contract import sidecar_path
 from runtime.errors import PansegError
 from runtime.preprocess import preprocess, target_size
 from runtime.trt_sidecar import (
@@ -44,6 +44,7 @@ from runtime.trt_sidecar import (
     check_shapes_in_profile,
     hardware_problem,
     read_engine_sidecar,
+    read_sidecar_metadata,
     shape_outside_profile,
     version_problem,
 )
@@ -788,7 +789,7 @@ def test_plumbing_the_pair_is_built_and_the_side_files_link_it(tiny_export, tmp_
                                         "sha256": hashlib.sha256(mask_onnx.read_bytes()).hexdigest()}
     assert info.onnx_file == "tiny.onnx"
     mask_strings, mask_info = read_engine_sidecar(masks)
-    assert mask_strings["panseg_mask_graph_of"] == "tiny.plan"  # plain strings stay plain in side files
+    assert json.loads(mask_strings["panseg_mask_graph_of"]) == "tiny.plan"  # every value JSON, as in metadata_props
     assert mask_info.onnx_file == "tiny.masks.onnx" and mask_info.profile == expected
     check_plan_digest(mask_info, masks.read_bytes(), masks)
     assert json.loads(mask_strings["inputs"])["hs_kept"]["shape"] == ["kept", TINY.hidden_dim]

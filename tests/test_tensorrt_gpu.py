@@ -32,9 +32,10 @@ from padded_batch import random_padded_batch  # noqa: E402
 
 from export.onnx import export_checkpoint  # noqa: E402
 from export.tensorrt.__main__ import main  # noqa: E402
-from runtime.backends import OnnxRuntimeBackend, select_backend, sidecar_path  # noqa: E402
+from runtime.backends import OnnxRuntimeBackend, select_backend  # noqa: E402
 from runtime.backends.tensorrt_backend import TensorRTBackend  # noqa: E402
 from runtime.categories import categories_to_json  # noqa: E402
+from runtime.contract import sidecar_path  # noqa: E402
 from runtime.sparse import PER_IMAGE_INPUTS, run_query_sparse  # noqa: E402
 from runtime.trt_sidecar import read_engine_sidecar  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402

@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.onnx.graph import DEFAULT_OPSET, INPUT_NAMES, ShapePolicy, export_full_model
+from export.onnx.graph import DEFAULT_OPSET, ShapePolicy, export_full_model
 from export.onnx.loading import LoadedCheckpoint, load_for_export
 from export.onnx.metadata import add_query_sparse, build_metadata, mask_graph_metadata, read_metadata, write_metadata
-from export.onnx.sparse import DETECTOR_OUTPUTS, MASK_INPUTS, MASK_OUTPUTS, export_sparse_model
+from export.onnx.sparse import export_sparse_model
 from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, Report, Tolerances, verify, verify_sparse
 from runtime.atomic import atomic_write_bytes
+from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_INPUTS, MASK_GRAPH_OUTPUTS, MODEL_INPUTS, mask_graph_name
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
 
@@ -58,7 +59,7 @@ def failed_path(output: Path) -> Path:
 
 def mask_graph_path(output: Path) -> Path:
     """The query-sparse mask graph next to its detector: ``NAME.onnx`` -> ``NAME.masks.onnx``."""
-    return output.with_name(output.stem + ".masks.onnx")
+    return output.with_name(mask_graph_name(output))
 
 
 def verification_is_thing(loaded: LoadedCheckpoint) -> dict[int, bool]:
@@ -98,7 +99,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     output_names = [o.name for o in model.graph.output]
     write_metadata(model, build_metadata(
         config=loaded.config, categories=loaded.categories, categories_source=loaded.categories_source,
-        shapes=shapes, input_names=list(INPUT_NAMES), output_names=output_names,
+        shapes=shapes, input_names=list(MODEL_INPUTS), output_names=output_names,
         checkpoint_name=loaded.path.name, checkpoint_sha256=loaded.sha256, opset=opset, simplified=simplify,
         threshold=threshold, resize_size=loaded.resize[0], resize_max_size=loaded.resize[1]))
     data = model.SerializeToString()
@@ -123,7 +124,7 @@ def _export_sparse(loaded: LoadedCheckpoint, output: Path, policy: ShapePolicy, 
     detector, masks, detector_shapes, mask_shapes = export_sparse_model(loaded.model, policy, opset, simplify)
     metadata = build_metadata(
         config=loaded.config, categories=loaded.categories, categories_source=loaded.categories_source,
-        shapes=detector_shapes, input_names=list(INPUT_NAMES), output_names=list(DETECTOR_OUTPUTS),
+        shapes=detector_shapes, input_names=list(MODEL_INPUTS), output_names=list(DETECTOR_OUTPUTS),
         checkpoint_name=loaded.path.name, checkpoint_sha256=loaded.sha256, opset=opset, simplified=simplify,
         threshold=threshold, resize_size=loaded.resize[0], resize_max_size=loaded.resize[1])
 
@@ -132,7 +133,7 @@ def _export_sparse(loaded: LoadedCheckpoint, output: Path, policy: ShapePolicy, 
         write_metadata(masks, mask_graph_metadata(detector_path.name, opset))
         mask_data = masks.SerializeToString()
         add_query_sparse(metadata, mask_path.name, hashlib.sha256(mask_data).hexdigest(), mask_shapes,
-                         list(MASK_INPUTS), list(MASK_OUTPUTS))
+                         list(MASK_GRAPH_INPUTS), list(MASK_GRAPH_OUTPUTS))
         write_metadata(detector, metadata)
         return detector.SerializeToString(), mask_data
 

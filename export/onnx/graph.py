@@ -32,13 +32,11 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from runtime.contract import DETECTION_OUTPUTS, MODEL_INPUTS, PANOPTIC_OUTPUTS
 from runtime.errors import PansegError
 
 DEFAULT_OPSET = 17  # TensorRT maps LayerNormalization (opset 17) to its normalization layer
 MIN_OPSET = 14
-INPUT_NAMES = ("images", "padding_mask")
-PANOPTIC_OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks")
-DETECTION_OUTPUTS = ("pred_logits", "pred_boxes")
 TRACE_BATCH = 2  # traced batch when the batch is dynamic: >1 so a frozen batch size shows up at batch 1
 TRACE_SIZE = (96, 128)  # traced (height, width) when they are dynamic: not square, not the verification sizes
 
@@ -179,5 +177,5 @@ def export_full_model(model: nn.Module, panoptic: bool, policy: ShapePolicy, ops
         traced_out = wrapper(*inputs)
     output_shapes = {name: tuple(t.shape) for name, t in zip(wrapper.output_names, traced_out, strict=True)}
     shapes, dynamic = full_model_io(wrapper.output_names, output_shapes, policy)
-    onnx_model = export_module(wrapper, inputs, INPUT_NAMES, wrapper.output_names, dynamic, opset, simplify, shapes)
+    onnx_model = export_module(wrapper, inputs, MODEL_INPUTS, wrapper.output_names, dynamic, opset, simplify, shapes)
     return onnx_model, shapes

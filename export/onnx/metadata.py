@@ -16,40 +16,35 @@ import onnx
 
 from runtime.atomic import dumps_json
 from runtime.categories import Category, categories_to_json
+from runtime.contract import (
+    DETECTION,
+    KEY_CATEGORIES,
+    KEY_CATEGORIES_SOURCE,
+    KEY_INPUTS,
+    KEY_KIND,
+    KEY_MASK_GRAPH_OF,
+    KEY_MASK_STRIDE,
+    KEY_NORMALIZATION,
+    KEY_NUM_CLASSES,
+    KEY_NUM_QUERIES,
+    KEY_OUTPUTS,
+    KEY_QUERY_SPARSE,
+    KEY_RESIZE,
+    KEY_THRESHOLD,
+    KEY_VERSION,
+    PANOPTIC,
+    QUERY_SPARSE_VERSION,
+    SINGLE_GRAPH_VERSION,
+    TENSORS,
+)
 from runtime.errors import PansegError
 from runtime.metadata_props import decode_metadata_props
 from runtime.postprocess import DEFAULT_THRESHOLD, MASK_STRIDE
 from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from train.models.config import DETRConfig
 
-METADATA_VERSION = 1
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
 
-_DESCRIPTIONS = {
-    "images": "float32, normalized with 'normalization' after the 'resize' policy; zero on padding",
-    "padding_mask": "bool, True on padding (detr's NestedTensor mask); images padded at the bottom/right",
-    "pred_logits": "class logits; the last one is 'no object'; index = category id",
-    "pred_boxes": "cx, cy, w, h in [0, 1] of each image's unpadded region",
-    "pred_masks": "mask logits at stride 4 of the padded batch: ceil(H/4) x ceil(W/4)",
-    "hs": "last decoder layer's output per query (query-sparse detector: the mask graph's hs_kept rows)",
-    "attn_keys": "key projection (bbox_attention.k_linear) of the encoder memory, at the backbone's stride 32",
-    "memory_mask": "bool, True on padding, at the backbone's stride 32",
-    "lay1_image": "image-feature half of the mask head's first conv plus its bias (same for every query)",
-    "fpn_s16": "mask head adapter1 on the stride-16 backbone feature",
-    "fpn_s8": "mask head adapter2 on the stride-8 backbone feature",
-    "fpn_s4": "mask head adapter3 on the stride-4 backbone feature (its size is the mask size)",
-    "hs_kept": "hs rows of the kept queries, image by image",
-    "image_index": "int64, the batch image each kept query belongs to",
-    "masks_kept": "mask logits of the kept queries at stride 4 of the padded batch",
-}
-_LAYOUTS = {
-    "images": "NCHW", "padding_mask": "NHW", "pred_logits": "N,queries,classes+1", "pred_boxes": "N,queries,4",
-    "pred_masks": "N,queries,H/4,W/4", "hs": "N,queries,D", "attn_keys": "NCHW", "memory_mask": "NHW",
-    "lay1_image": "NCHW", "fpn_s16": "NCHW", "fpn_s8": "NCHW", "fpn_s4": "NCHW", "hs_kept": "kept,D",
-    "image_index": "kept", "masks_kept": "kept,H/4,W/4",
-}
-_DTYPES = {"padding_mask": "bool", "memory_mask": "bool", "image_index": "int64"}
-SPARSE_METADATA_VERSION = 2  # a query-sparse model: older runtimes cannot run it and must say so
 
 
 def _version(dist: str) -> str | None:
@@ -60,8 +55,8 @@ def _version(dist: str) -> str | None:
 
 
 def tensor_info(shapes: Mapping[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    return {n: {"dtype": _DTYPES.get(n, "float32"), "shape": list(shapes[n]), "layout": _LAYOUTS[n],
-                "description": _DESCRIPTIONS[n]} for n in names}
+    return {n: {"dtype": TENSORS[n].dtype, "shape": list(shapes[n]), "layout": TENSORS[n].layout,
+                "description": TENSORS[n].description} for n in names}
 
 
 def build_metadata(*, config: DETRConfig, categories: Mapping[int, Category], categories_source: str,
@@ -71,17 +66,17 @@ def build_metadata(*, config: DETRConfig, categories: Mapping[int, Category], ca
                    resize_max_size: int | None = DEFAULT_MAX_SIZE) -> dict[str, Any]:
     """The metadata as plain values (each becomes one JSON string in ``metadata_props``)."""
     meta: dict[str, Any] = {
-        "panseg_metadata_version": METADATA_VERSION,
-        "model_kind": "panoptic" if config.masks else "detection",
-        "categories": categories_to_json(categories),
-        "categories_source": categories_source,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "resize": {"size": resize_size, "max_size": resize_max_size},
-        "threshold": threshold,
-        "num_queries": config.num_queries,
-        "num_classes": config.num_classes,
-        "inputs": tensor_info(shapes, input_names),
-        "outputs": tensor_info(shapes, output_names),
+        KEY_VERSION: SINGLE_GRAPH_VERSION,
+        KEY_KIND: PANOPTIC if config.masks else DETECTION,
+        KEY_CATEGORIES: categories_to_json(categories),
+        KEY_CATEGORIES_SOURCE: categories_source,
+        KEY_NORMALIZATION: {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        KEY_RESIZE: {"size": resize_size, "max_size": resize_max_size},
+        KEY_THRESHOLD: threshold,
+        KEY_NUM_QUERIES: config.num_queries,
+        KEY_NUM_CLASSES: config.num_classes,
+        KEY_INPUTS: tensor_info(shapes, input_names),
+        KEY_OUTPUTS: tensor_info(shapes, output_names),
         "source_checkpoint": {"file": checkpoint_name, "sha256": checkpoint_sha256},
         "exporter": {"tool": EXPORTER, "opset": opset, "simplified_with": "onnxslim" if simplified else None,
                      "torch": _version("torch"), "onnx": _version("onnx"), "onnxslim": _version("onnxslim")},
@@ -89,19 +84,19 @@ def build_metadata(*, config: DETRConfig, categories: Mapping[int, Category], ca
         "model_config": config.to_dict(),
     }
     if config.masks:
-        meta["mask_stride"] = MASK_STRIDE
+        meta[KEY_MASK_STRIDE] = MASK_STRIDE
     return meta
 
 
 def add_query_sparse(meta: dict[str, Any], mask_graph_file: str, mask_graph_sha256: str,
                      mask_shapes: Mapping[str, Any], mask_inputs: list[str], mask_outputs: list[str]) -> None:
     """Mark a detector graph's metadata as query-sparse: the runtime finds its mask graph by this file name."""
-    meta["panseg_metadata_version"] = SPARSE_METADATA_VERSION
-    meta["query_sparse"] = {
+    meta[KEY_VERSION] = QUERY_SPARSE_VERSION
+    meta[KEY_QUERY_SPARSE] = {
         "mask_graph": mask_graph_file,
         "mask_graph_sha256": mask_graph_sha256,
-        "inputs": tensor_info(mask_shapes, mask_inputs),
-        "outputs": tensor_info(mask_shapes, mask_outputs),
+        KEY_INPUTS: tensor_info(mask_shapes, mask_inputs),
+        KEY_OUTPUTS: tensor_info(mask_shapes, mask_outputs),
         "selection": "runtime: select_queries on pred_logits at the run's threshold, then the mask graph on the kept "
                      "(image, query) pairs of the whole batch",
     }
@@ -109,7 +104,7 @@ def add_query_sparse(meta: dict[str, Any], mask_graph_file: str, mask_graph_sha2
 
 def mask_graph_metadata(detector_file: str, opset: int) -> dict[str, Any]:
     """The mask graph's own metadata: only what it is part of (it is never run on its own)."""
-    return {"panseg_mask_graph_of": detector_file, "exporter": {"tool": EXPORTER, "opset": opset}}
+    return {KEY_MASK_GRAPH_OF: detector_file, "exporter": {"tool": EXPORTER, "opset": opset}}
 
 
 def write_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:

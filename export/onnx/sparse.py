@@ -33,15 +33,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.onnx.graph import DEFAULT_OPSET, INPUT_NAMES, Dims, ShapePolicy, export_module, sample_inputs
-from runtime.sparse import DETECTOR_OUTPUTS, MASK_INPUTS, MASK_OUTPUT, PER_IMAGE_INPUTS
+from export.onnx.graph import DEFAULT_OPSET, Dims, ShapePolicy, export_module, sample_inputs
+from runtime.contract import (
+    ATTN_KEYS,
+    DETECTOR_OUTPUTS,
+    FPN_S4,
+    FPN_S8,
+    FPN_S16,
+    HS,
+    HS_KEPT,
+    IMAGE_INDEX,
+    IMAGES,
+    KEPT_DIM,
+    LAY1_IMAGE,
+    MASK_GRAPH_INPUTS,
+    MASK_GRAPH_OUTPUTS,
+    MASKS_KEPT,
+    MEMORY_MASK,
+    MODEL_INPUTS,
+    PADDING_MASK,
+    PER_IMAGE_INPUTS,
+    PRED_BOXES,
+    PRED_LOGITS,
+)
 
-# Tensor names are the runtime's (runtime/sparse.py feeds them): one source of truth.
-MASK_OUTPUTS = (MASK_OUTPUT,)
-KEPT_DIM = "kept"
 # symbolic (height, width) names of the per-image spatial tensors when the input size is dynamic
-_SPATIAL_NAMES = {"attn_keys": "feat", "memory_mask": "feat", "lay1_image": "feat", "fpn_s16": "s16", "fpn_s8": "s8",
-                  "fpn_s4": "mask"}
+_SPATIAL_NAMES = {ATTN_KEYS: "feat", MEMORY_MASK: "feat", LAY1_IMAGE: "feat", FPN_S16: "s16", FPN_S8: "s8",
+                  FPN_S4: "mask"}
 TRACE_KEPT = 3  # kept queries in the traced mask batch: not 1, not the batch size, not the query count
 
 
@@ -71,8 +89,8 @@ class DetectorGraph(nn.Module):
         k_linear = self.model.bbox_attention.k_linear
         keys = F.conv2d(d["memory"], k_linear.weight[:, :, None, None], k_linear.bias)
         lay1_image = lay1_image_part(self.model, d["src_proj"])
-        return (d["pred_logits"], d["pred_boxes"], d["hs"], keys, d["memory_mask"], lay1_image,
-                d["fpn_s16"], d["fpn_s8"], d["fpn_s4"])
+        return (d[PRED_LOGITS], d[PRED_BOXES], d[HS], keys, d[MEMORY_MASK], lay1_image, d[FPN_S16], d[FPN_S8],
+                d[FPN_S4])
 
 
 class MaskGraph(nn.Module):
@@ -82,8 +100,8 @@ class MaskGraph(nn.Module):
     positions together, then the conv/GroupNorm stack), with the per-image tensors gathered by ``image_index``.
     """
 
-    input_names = MASK_INPUTS
-    output_names = MASK_OUTPUTS
+    input_names = MASK_GRAPH_INPUTS
+    output_names = MASK_GRAPH_OUTPUTS
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -132,13 +150,13 @@ def sparse_io(traced: Mapping[str, Tensor], policy: ShapePolicy) -> tuple[dict[s
     """Declared shapes of (detector graph, mask graph) inputs and outputs; symbolic names where dynamic."""
     b = "batch" if policy.dynamic_batch else policy.batch
     h, w = ("height", "width") if policy.dynamic_size else (policy.height, policy.width)
-    detector: dict[str, Dims] = {"images": [b, 3, h, w], "padding_mask": [b, h, w]}
+    detector: dict[str, Dims] = {IMAGES: [b, 3, h, w], PADDING_MASK: [b, h, w]}
     for name in DETECTOR_OUTPUTS:
         detector[name] = _per_image_dims(name, traced[name].shape, policy)
-    hidden = traced["hs"].shape[-1]
-    masks: dict[str, Dims] = {"hs_kept": [KEPT_DIM, hidden], "image_index": [KEPT_DIM]}
+    hidden = traced[HS].shape[-1]
+    masks: dict[str, Dims] = {HS_KEPT: [KEPT_DIM, hidden], IMAGE_INDEX: [KEPT_DIM]}
     masks.update({name: detector[name] for name in PER_IMAGE_INPUTS})
-    masks["masks_kept"] = [KEPT_DIM, *detector["fpn_s4"][-2:]]
+    masks[MASKS_KEPT] = [KEPT_DIM, *detector[FPN_S4][-2:]]
     return detector, masks
 
 
@@ -149,7 +167,7 @@ def _dynamic_axes(shapes: Mapping[str, Dims]) -> dict[str, dict[int, str]]:
 
 def trace_mask_inputs(traced: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
     """A kept-query batch to trace the mask graph with: TRACE_KEPT queries spread over the traced images."""
-    hs = traced["hs"]
+    hs = traced[HS]
     b, q = hs.shape[:2]
     image_index = torch.tensor([min(k * b // TRACE_KEPT, b - 1) for k in range(TRACE_KEPT)], dtype=torch.int64)
     query_index = torch.tensor([(3 * k + 1) % q for k in range(TRACE_KEPT)], dtype=torch.int64)
@@ -165,8 +183,9 @@ def export_sparse_model(model: nn.Module, policy: ShapePolicy, opset: int = DEFA
     with torch.no_grad():
         traced = dict(zip(DETECTOR_OUTPUTS, detector(*inputs), strict=True))
     detector_shapes, mask_shapes = sparse_io(traced, policy)
-    detector_onnx = export_module(detector, inputs, INPUT_NAMES, DETECTOR_OUTPUTS, _dynamic_axes(detector_shapes),
+    detector_onnx = export_module(detector, inputs, MODEL_INPUTS, DETECTOR_OUTPUTS, _dynamic_axes(detector_shapes),
                                   opset, simplify, detector_shapes)
-    mask_onnx = export_module(masks, trace_mask_inputs(traced), MASK_INPUTS, MASK_OUTPUTS, _dynamic_axes(mask_shapes),
+    mask_onnx = export_module(masks, trace_mask_inputs(traced), MASK_GRAPH_INPUTS, MASK_GRAPH_OUTPUTS,
+                              _dynamic_axes(mask_shapes),
                               opset, simplify, mask_shapes)
     return detector_onnx, mask_onnx, detector_shapes, mask_shapes

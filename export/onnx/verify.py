@@ -39,12 +39,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from export.onnx.graph import FullModel, ShapePolicy
-from export.onnx.sparse import KEPT_DIM, MASK_OUTPUTS
 from export.trt_operators import check_tensorrt_compatible
+from runtime.contract import HS_KEPT, IMAGE_INDEX, KEPT_DIM, MASK_GRAPH_OUTPUTS
 from runtime.errors import PansegError
-from runtime.postprocess import DEFAULT_THRESHOLD, PanopticResult, postprocess_panoptic, select_queries
+from runtime.postprocess import DEFAULT_THRESHOLD, PanopticResult, postprocess_panoptic, segment_kept, select_queries
 from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, load_image, pad_batch, preprocess
-from runtime.sparse import postprocess_sparse, run_query_sparse
+from runtime.sparse import run_query_sparse
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_SIZES = (96, 160)
@@ -174,7 +174,7 @@ def kept_dims_frozen(mask_graph: onnx.ModelProto) -> list[str]:
     """Mask-graph tensors whose kept-query dimension (axis 0) is not symbolic."""
     frozen = []
     for value in list(mask_graph.graph.input) + list(mask_graph.graph.output):
-        if value.name in ("hs_kept", "image_index", *MASK_OUTPUTS):
+        if value.name in (HS_KEPT, IMAGE_INDEX, *MASK_GRAPH_OUTPUTS):
             dims = value.type.tensor_type.shape.dim
             if not dims or dims[0].dim_param != KEPT_DIM:
                 frozen.append(value.name)
@@ -403,11 +403,11 @@ def run_sparse_batch(batch: Batch, wrapper: FullModel, detector_session, mask_se
     ort_ms = (time.perf_counter() - started) * 1e3
     logits, boxes, masks = (t.numpy() for t in eager_t)
     eager_keep = [select_queries(image_logits, threshold)[0] for image_logits in logits]
-    same_kept = [bool(np.array_equal(a, b)) for a, b in zip(eager_keep, sparse.keep, strict=True)]
+    same_kept = [bool(np.array_equal(a, b.indices)) for a, b in zip(eager_keep, sparse.kept, strict=True)]
     errors = {"pred_logits": output_error(sparse.pred_logits, logits, tol.logits_atol, tol.rtol),
               "pred_boxes": output_error(sparse.pred_boxes, boxes, tol.boxes_atol, tol.rtol)}
     if all(same_kept):
-        got = np.concatenate(sparse.masks)
+        got = np.concatenate([k.masks for k in sparse.kept])
         ref = np.concatenate([m[k] for m, k in zip(masks, eager_keep, strict=True)])
         error = output_error(got, ref, tol.masks_atol, tol.rtol)
         # rtol relative to the scale of all eager masks, as the full graph's check (the kept rows may be fewer)
@@ -419,7 +419,8 @@ def run_sparse_batch(batch: Batch, wrapper: FullModel, detector_session, mask_se
               kept=[int(k.size) for k in eager_keep], same_kept=same_kept)
     eager_outputs = dict(zip(("pred_logits", "pred_boxes", "pred_masks"), eager_t, strict=True))
     ref_results = PostProcessPanoptic(is_thing, threshold=threshold)(eager_outputs, batch.processed, batch.originals)
-    ours = postprocess_sparse(sparse, batch.processed, batch.originals, is_thing)
+    ours = [segment_kept(kept, size, original, is_thing)
+            for kept, size, original in zip(sparse.kept, batch.processed, batch.originals, strict=True)]
     for r, o in zip(ref_results, ours, strict=True):
         agreement, same = compare_panoptic(r, o)
         run.pixel_agreement.append(agreement)

@@ -38,7 +38,8 @@ from export.tensorrt.profile import BHW, ShapeRange, profile_for_model, uncovere
 from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible
 from runtime.atomic import atomic_write_bytes
-from runtime.backends.base import sidecar_path
+from runtime.contract import TENSORRT_SUFFIXES as ENGINE_SUFFIXES
+from runtime.contract import sidecar_path
 from runtime.errors import PansegError
 from runtime.filehash import file_sha256
 from runtime.metadata_props import decode_metadata_props
@@ -47,7 +48,6 @@ from runtime.trt_sidecar import EngineInfo, GpuInfo, TensorProfile
 
 __all__ = ["BuildOptions", "EnginePlan", "build_engine_file", "default_engine_path", "plan_engine"]
 
-ENGINE_SUFFIXES = (".plan", ".engine")  # what runtime.backends.select_backend recognises as TensorRT
 
 
 @dataclass(frozen=True)

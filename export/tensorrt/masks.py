@@ -27,8 +27,9 @@ from typing import Any
 import onnx
 
 from export.tensorrt.profile import ShapeRange, graph_inputs
+from runtime.contract import KEY_QUERY_SPARSE as METADATA_KEY
+from runtime.contract import mask_graph_name
 from runtime.errors import PansegError
-from runtime.sparse import METADATA_KEY
 from runtime.trt_sidecar import TensorProfile
 
 OPT_KEPT_PER_IMAGE = 20
@@ -40,7 +41,7 @@ MASK_GRAPH_OF = "panseg_mask_graph_of"  # the mask graph's own metadata key nami
 
 def mask_engine_path(detector_engine: Path) -> Path:
     """``NAME.plan`` -> ``NAME.masks.plan``, as the ONNX export pairs ``NAME.onnx`` with ``NAME.masks.onnx``."""
-    return detector_engine.with_name(f"{detector_engine.stem}.masks{detector_engine.suffix}")
+    return detector_engine.with_name(mask_graph_name(detector_engine))
 
 
 def feature_strides(metadata: Mapping[str, Any], source: str) -> dict[str, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import atomic_write_json
-from runtime.backends.base import sidecar_path
+from runtime.contract import sidecar_path
 from runtime.errors import PansegError
 from runtime.trt_sidecar import SECTION, EngineInfo, GpuInfo, TensorProfile, read_engine_sidecar
 

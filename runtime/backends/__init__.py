@@ -1,14 +1,14 @@
-"""Inference engines behind one interface: ONNX Runtime now, TensorRT next.
+"""Inference engines behind one interface: ONNX Runtime and TensorRT.
 
-Importing this package is cheap: ``onnxruntime`` (and later ``tensorrt``) is imported only when a backend is created,
-e.g. by ``select_backend``.
+Importing this package is cheap: ``onnxruntime`` and ``tensorrt`` are imported only when a backend is created, by
+``select_backend``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends.base import Backend, TensorSpec, read_sidecar_metadata, sidecar_path
+from runtime.backends.base import Backend, TensorSpec
 from runtime.backends.select import add_backend_arguments, backend_name_for, backend_options_from_args, select_backend
 
 __all__ = [
@@ -18,9 +18,7 @@ __all__ = [
     "add_backend_arguments",
     "backend_name_for",
     "backend_options_from_args",
-    "read_sidecar_metadata",
     "select_backend",
-    "sidecar_path",
 ]
 
 

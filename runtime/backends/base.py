@@ -7,13 +7,11 @@ closed explicitly or by a ``with`` block. Callers never see onnxruntime or Tenso
 
 from __future__ import annotations
 
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -124,24 +122,3 @@ def check_output_names(specs: Sequence[TensorSpec], outputs: Sequence[str] | Non
     if unknown:
         raise PansegError(f"{source}: unknown output(s) {', '.join(unknown)}; the engine gives {', '.join(names)}")
     return list(outputs)
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    """Where engines without room for metadata (TensorRT plans) keep it: ``model.plan`` -> ``model.plan.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def read_sidecar_metadata(engine_path: str | os.PathLike) -> dict[str, str]:
-    """Read the side file as key -> string, JSON-encoding structured values so it matches ONNX ``metadata_props``."""
-    path = sidecar_path(engine_path)
-    try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise PansegError(f"{path}: metadata side file missing (it is written next to the engine by the export)") \
-            from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PansegError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise PansegError(f"{path}: expected a JSON object of metadata, got {type(data).__name__}")
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}

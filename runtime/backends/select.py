@@ -7,23 +7,20 @@ runtime`` never pays for onnxruntime.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from pathlib import Path
 from typing import Any
 
 from runtime.backends.base import Backend
+from runtime.contract import ONNX_SUFFIX, TENSORRT_SUFFIXES
 from runtime.errors import PansegError
 
 ONNXRUNTIME = "onnxruntime"
 TENSORRT = "tensorrt"
 
-EXTENSIONS = {".onnx": ONNXRUNTIME, ".plan": TENSORRT, ".engine": TENSORRT}
+EXTENSIONS = {ONNX_SUFFIX: ONNXRUNTIME, **dict.fromkeys(TENSORRT_SUFFIXES, TENSORRT)}
 BACKEND_NAMES = {"onnxruntime": ONNXRUNTIME, "ort": ONNXRUNTIME, "tensorrt": TENSORRT, "trt": TENSORRT}
 
-# The TensorRT backend lands in a later change; this is the module and class it is expected to provide.
-TENSORRT_MODULE = "runtime.backends.tensorrt_backend"
-TENSORRT_CLASS = "TensorRTBackend"
 
 
 def backend_name_for(path: str | os.PathLike, backend: str | None = None) -> str:
@@ -49,19 +46,12 @@ def select_backend(path: str | os.PathLike, backend: str | None = None, **option
         from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, **options)
-    return _tensorrt_class(path)(path, **options)
-
-
-def _tensorrt_class(path: str | os.PathLike) -> type[Backend]:
     try:
-        module = importlib.import_module(TENSORRT_MODULE)
-    except ImportError as exc:  # the backend module, or tensorrt / cuda-python under it, is missing
+        from runtime.backends.tensorrt_backend import TensorRTBackend
+    except ImportError as exc:  # tensorrt or cuda-python is missing
         raise PansegError(f"TensorRT backend not available: {exc} (needed for {path}; install panseg[gpu] on a "
                           "machine with an NVIDIA GPU, or run the .onnx model with onnxruntime)") from exc
-    cls = getattr(module, TENSORRT_CLASS, None)
-    if cls is None:
-        raise PansegError(f"TensorRT backend not available: {TENSORRT_MODULE} defines no {TENSORRT_CLASS}")
-    return cls
+    return TensorRTBackend(path, **options)
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
