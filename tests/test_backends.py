@@ -21,7 +21,8 @@ from runtime.backends import (
     backend_options_from_args,
     select_backend,
 )
-from runtime.backends.onnxruntime_backend import check_single_onnxruntime
+from runtime.backends.onnxruntime_backend import cache_dir_for, check_single_onnxruntime
+from runtime.cache_dir import CACHE_ENV, cache_root, model_cache_dir
 from runtime.errors import PansegError
 from runtime.trt_sidecar import read_sidecar_metadata
 
@@ -53,13 +54,21 @@ def write_model(path: Path, scale: float = 2.0, offset: float = 1.0, metadata: d
     return path
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Caches go to a temporary folder, never to the real ~/.cache of whoever runs the tests."""
+    root = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv(CACHE_ENV, str(root))
+    return root
+
+
 @pytest.fixture
 def model_path(tmp_path) -> Path:
     return write_model(tmp_path / "model.onnx")
 
 
 def cache_files(model: Path) -> list[Path]:
-    return sorted((model.parent / (model.name + ".ort-cache")).glob("*.onnx"))
+    return sorted(cache_dir_for(model).glob("*.onnx"))
 
 
 def test_infer_matches_numpy_for_any_batch(model_path):
@@ -119,6 +128,57 @@ def test_changed_source_model_invalidates_the_cache(model_path):
     np.testing.assert_allclose(backend.infer({"X": x})["Y"], x * 3 + 1)  # not the stale cached graph
 
 
+def test_cache_lives_in_the_user_cache_not_beside_the_model(model_path, user_cache):
+    backend = OnnxRuntimeBackend(model_path)
+    assert backend.cache_path.is_relative_to(user_cache / "ort")
+    assert backend.cache_dir.name.startswith("model.onnx-")
+    assert list(model_path.parent.iterdir()) == [model_path]  # the model's folder may be read-only or shared
+    assert OnnxRuntimeBackend(model_path).cache_hit
+
+
+def test_a_backend_option_overrides_the_cache_root(model_path, tmp_path_factory, user_cache):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    backend = OnnxRuntimeBackend(model_path, cache_root=elsewhere)
+    assert backend.cache_path.is_relative_to(elsewhere / "ort") and not list(user_cache.iterdir())
+    assert OnnxRuntimeBackend(model_path, cache_root=elsewhere).cache_hit
+
+
+def test_models_of_the_same_name_in_other_folders_never_share_a_cache(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    first = write_model(tmp_path / "a" / "model.onnx", scale=2.0)
+    second = write_model(tmp_path / "b" / "model.onnx", scale=5.0)
+    twin = tmp_path / "c.onnx"
+    twin.write_bytes(first.read_bytes())  # same contents, another path
+    backends = [OnnxRuntimeBackend(p) for p in (first, second, twin)]
+    assert len({b.cache_dir for b in backends}) == 3
+    again = [OnnxRuntimeBackend(p) for p in (first, second, twin)]  # nobody pruned anybody's graph
+    assert all(b.cache_hit for b in again)
+    x = np.ones((1, 3), np.float32)
+    assert [float(b.infer({"X": x})["Y"][0, 0]) for b in again] == [3.0, 6.0, 3.0]
+
+
+def test_tensorrt_cache_folder_is_keyed_by_the_model_contents(model_path):
+    old = OnnxRuntimeBackend(model_path).tensorrt_cache_dir
+    assert old.parent == cache_dir_for(model_path)
+    old.mkdir()  # as the TensorRT provider would leave it (no GPU here to build real engines)
+    (old / "engine").write_bytes(b"stale")
+    write_model(model_path, scale=3.0)  # re-exported to the same path
+    backend = OnnxRuntimeBackend(model_path)
+    assert backend.tensorrt_cache_dir != old and backend.tensorrt_cache_dir.parent == old.parent
+    assert not old.exists()  # the stale engines were pruned with the stale graph
+
+
+def test_cache_root_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path / "home"))
+    assert cache_root({}) == tmp_path / "home" / ".cache" / "panseg"
+    assert cache_root({"XDG_CACHE_HOME": "/srv/cache"}) == Path("/srv/cache/panseg")
+    assert cache_root({"XDG_CACHE_HOME": "relative/cache"}) == tmp_path / "home" / ".cache" / "panseg"  # XDG: ignored
+    assert cache_root({"XDG_CACHE_HOME": "/srv/cache", CACHE_ENV: "/scratch/panseg"}) == Path("/scratch/panseg")
+    folder = model_cache_dir("ort", tmp_path / "m.onnx", root="/r")
+    assert folder.parent == Path("/r/ort") and folder.name.startswith("m.onnx-")
+
+
 def test_cache_key_depends_on_ort_version(model_path, monkeypatch):
     first = OnnxRuntimeBackend(model_path).cache_path
     monkeypatch.setattr(ort, "__version__", ort.__version__ + ".post-test")
@@ -139,7 +199,8 @@ def test_corrupt_cache_falls_back_to_the_source_and_is_rebuilt(model_path):
 
 def test_cache_can_be_turned_off(model_path):
     backend = OnnxRuntimeBackend(model_path, optimized_cache=False)
-    assert backend.cache_path is None and not (model_path.parent / "model.onnx.ort-cache").exists()
+    assert backend.cache_path is None and not cache_dir_for(model_path).exists()
+    assert list(model_path.parent.iterdir()) == [model_path]
     assert backend.session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
@@ -193,7 +254,7 @@ def test_corrupt_model_is_an_error_naming_it(model_path, damage):
     with pytest.raises(PansegError) as info:
         OnnxRuntimeBackend(model_path)
     assert str(model_path) in str(info.value) and "\n" not in str(info.value)
-    assert not (model_path.parent / "model.onnx.ort-cache").exists()  # nothing left behind
+    assert not cache_dir_for(model_path).exists()  # nothing left behind
 
 
 def test_bad_feeds_are_clear_errors(model_path):

@@ -6,10 +6,14 @@ import argparse
 import json
 import os
 import pickle
+import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from runtime.errors import PansegError
 from train.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
@@ -140,17 +144,89 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path, zip_format):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(PansegError) as excinfo:
         load_checkpoint(path)
-    assert "truncated or corrupt" in _one_line_error(excinfo, path)
+    message = _one_line_error(excinfo, path)
+    assert message == f"{path}: not a readable PyTorch checkpoint (truncated or corrupt)"  # no internal detail
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n" * 20, bytes(range(256)) * 8],
-                         ids=["empty", "text", "binary"])
-def test_corrupt_files_are_one_line_errors(tmp_path, content):
-    path = tmp_path / "weights.pth"
-    path.write_bytes(content)
+def test_a_checkpoint_with_a_damaged_record_is_truncated_or_corrupt(tmp_path):
+    # The zip directory is intact (so the file is recognised) but a tensor record's bytes are cut out.
+    path = tmp_path / "damaged.pth"
+    torch.save({"model": build_model(TINY_DET).state_dict()}, path)
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    tensor_record = next(name for name in members if "/data/" in name)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data[: len(data) // 3] if name == tensor_record else data)
     with pytest.raises(PansegError) as excinfo:
         load_checkpoint(path)
-    assert "truncated or corrupt" in _one_line_error(excinfo, path)
+    assert _one_line_error(excinfo, path).endswith("not a readable PyTorch checkpoint (truncated or corrupt)")
+
+
+def _photo(path: Path, size: tuple[int, int] = (48, 64)) -> Path:
+    noise = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    return path
+
+
+def _never_load(*args, **kwargs):
+    raise AssertionError("torch.load was reached")
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("empty.pth", b"", "an empty file, not a PyTorch checkpoint"),
+    ("notes.pth", b"not a checkpoint at all\n" * 20, "a text file, not a PyTorch checkpoint"),
+    ("config.json", b'{"lr": 0.0001, "epochs": 25}\n', "a JSON file, not a PyTorch checkpoint"),
+    ("weights.pth", bytes(range(256)) * 8, "unrecognised binary data (neither a zip archive nor a pickle), not a"),
+    ("model.plan", b"ftrt" + bytes(64), "a TensorRT plan, not a PyTorch checkpoint (already built: run it with"),
+], ids=["empty", "text", "json", "binary", "tensorrt"])
+def test_files_that_are_not_checkpoints_are_named_without_loading(tmp_path, monkeypatch, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    monkeypatch.setattr(torch, "load", _never_load)
+    with pytest.raises(PansegError) as excinfo:
+        load_checkpoint(path)
+    message = _one_line_error(excinfo, path)
+    assert expected in message and "truncated" not in message
+
+
+def test_an_image_or_an_onnx_model_is_named_with_what_to_do_instead(tmp_path, monkeypatch):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    model = tmp_path / "model.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), model)
+    photo = _photo(tmp_path / "chelsea.jpg")
+    zipped = tmp_path / "arrays.npz"
+    np.savez(zipped, w=np.zeros(2))
+    monkeypatch.setattr(torch, "load", _never_load)
+    for path, expected in [
+        (model, "an ONNX model, not a PyTorch checkpoint (already exported: run it with panseg-rt)"),
+        (photo, "a JPEG image, not a PyTorch checkpoint (to segment images: panseg-rt infer"),
+        (zipped, "a NumPy .npz archive, not a PyTorch checkpoint"),
+    ]:
+        with pytest.raises(PansegError) as excinfo:
+            load_model_from_checkpoint(path)
+        assert expected in _one_line_error(excinfo, path)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "random"])
+def test_big_non_checkpoints_are_refused_fast(tmp_path, monkeypatch, kind):
+    if kind == "jpeg":
+        path = _photo(tmp_path / "big.jpg", (1500, 2000))
+    else:
+        path = tmp_path / "big.bin"
+        path.write_bytes(b"\x01" + np.random.default_rng(2).bytes(8 << 20))
+    assert path.stat().st_size > 3 << 20
+    monkeypatch.setattr(torch, "load", _never_load)
+    start = time.perf_counter()
+    with pytest.raises(PansegError) as excinfo:
+        load_checkpoint(path)
+    assert time.perf_counter() - start < 0.5  # sniffing reads a few KB; torch.load took seconds to fail
+    assert "not a PyTorch checkpoint" in _one_line_error(excinfo, path)
 
 
 def test_missing_file_and_directory(tmp_path):

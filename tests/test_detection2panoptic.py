@@ -113,6 +113,18 @@ def expected_segments(detection: dict, image_id: int) -> list[list[dict]]:
     return groups
 
 
+@pytest.mark.parametrize("trailing", ["", "/"], ids=["plain", "trailing-slash"])
+def test_cli_names_the_folder_with_one_slash(tmp_path, capsys, trailing):
+    det, cats = write_inputs(tmp_path, detection_dataset())
+    out_json, pngs = tmp_path / "out.json", tmp_path / "pngs"
+    argv = ["detection2panoptic", "--input-json", str(det), "--output-json", str(out_json),
+            "--segmentations-folder", f"{pngs}{trailing}", "--categories-json", str(cats)]
+    capsys.readouterr()
+    assert run_subcommand("prepare", "", {"detection2panoptic": SUBCOMMANDS["detection2panoptic"]}, argv) == 0
+    n_segments = sum(len(a["segments_info"]) for a in json.loads(out_json.read_text())["annotations"])
+    assert capsys.readouterr().out == f"wrote 3 images, {n_segments} segments: {out_json}, {pngs}/\n"
+
+
 def near(color, base, dist: int = 30) -> bool:
     return all(abs(int(c) - int(b)) <= dist for c, b in zip(color, base, strict=True))
 

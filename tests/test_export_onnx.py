@@ -276,7 +276,7 @@ def _bad_inputs(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
     cases["truncated"] = (truncated, "truncated or corrupt")
     text = folder / "notes.pth"
     text.write_text("not a checkpoint\n")
-    cases["not a checkpoint"] = (text, "not a readable PyTorch checkpoint")
+    cases["not a checkpoint"] = (text, "a text file, not a PyTorch checkpoint")
     a_list = folder / "list.pth"
     torch.save([1, 2, 3], a_list)
     cases["plain data, not a checkpoint"] = (a_list, "not a checkpoint")

@@ -81,3 +81,25 @@ def test_ddp_two_processes_keep_identical_replicas(data, tmp_path):
         assert len(sums) == 2 and sums[0] == sums[1]
     # the replicas trained: weights moved between epochs
     assert lines[0]["replica_checksums"][0] != lines[1]["replica_checksums"][0]
+
+
+def test_terminal_gets_readable_lines_and_json_only_on_request(data, tmp_path, capsys):
+    out = tmp_path / "console"
+    capsys.readouterr()
+    run_train(data, out, "--epochs", "2", "--max_iters", "1")
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in printed] == ["epoch 1/2", "epoch 2/2"]
+    assert all(" | loss " in line and not line.startswith("{") for line in printed)
+    assert [e["epoch"] for e in log_lines(out)] == [0, 1]  # log.jsonl keeps the full JSON
+
+    run_train(data, out, "--epochs", "3", "--max_iters", "1", "--resume", str(out / "checkpoint.pth"), "--json")
+    printed = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in printed] == log_lines(out)[-1:]
+
+    assert train_main(["--coco_path", str(data), *TINY, "--resume", str(out / "checkpoint.pth"), "--eval"]) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith("evaluation of the checkpoint from epoch 3: val loss ") and "{" not in summary
+    assert train_main(["--coco_path", str(data), *TINY, "--resume", str(out / "checkpoint.pth"), "--eval",
+                       "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["epoch"] == 2 and f"val loss {stats['val_loss']:.3f}" in summary

@@ -85,4 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="box NMS among things before the mask merge, for PQ (off by default, as in detr)")
     p.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (smoke runs)")
     p.add_argument("--no_progress", dest="progress", action="store_false")
+    p.add_argument("--json", action="store_true",
+                   help="print each epoch's log (and --eval's results) as a JSON line instead of a readable line; "
+                        "log.jsonl in --output_dir has the epochs' JSON either way")
     return p

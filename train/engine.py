@@ -49,7 +49,7 @@ def train_one_epoch(
     sums: dict[str, float] = defaultdict(float)
     count = 0
     device_type = torch.device(device).type
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not show_progress, leave=False, dynamic_ncols=True)
     for images, padding_mask, targets in bar:
         images, padding_mask = images.to(device), padding_mask.to(device)
         targets = to_device(targets, device)

@@ -1,5 +1,6 @@
 """Training driver mirroring detr's main.py: stage 1 trains detection, stage 2 (`--masks --frozen_weights`) the
-mask head on the frozen detector. Logs one JSON line per epoch to OUTPUT_DIR/log.jsonl and stdout."""
+mask head on the frozen detector. Logs one JSON line per epoch to OUTPUT_DIR/log.jsonl; the terminal gets one
+readable line per epoch (train.console), or the JSON lines with --json."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from train import distributed as dist_utils
 from train.amp import autocast_dtype
 from train.args import DEFAULT_DATA, build_parser
 from train.checkpoint import load_checkpoint, save_checkpoint
+from train.console import epoch_line, eval_summary
 from train.datasets import build_dataset, collate_fn, scaled_transform_options
 from train.datasets.cache import CachedItems
 from train.engine import train_one_epoch
@@ -195,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
     train_loader, val_loader, sampler = build_loaders(args, info)
 
     start_epoch = args.start_epoch
+    evaluated_epoch = start_epoch - 1  # what --eval reports: the resumed checkpoint's epoch when it has one
     if args.resume:
         ckpt = load_checkpoint(args.resume)
+        evaluated_epoch = int(ckpt.get("epoch", evaluated_epoch))
         model_without_ddp.load_state_dict(ckpt["model"])
         if token_head is not None and "token_head" in ckpt:
             token_head.load_state_dict(ckpt["token_head"])
@@ -211,12 +215,15 @@ def run(args: argparse.Namespace) -> int:
     if output_dir and info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     if args.eval:
-        stats = evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir) if info.is_main else {}
-        print(json.dumps({"epoch": start_epoch - 1, **stats}))
+        if info.is_main:
+            stats = evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir)
+            summary = eval_summary(stats, evaluated_epoch)
+            print(json.dumps({"epoch": evaluated_epoch, **stats}) if args.json else summary)
         return 0
 
     started = time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
+        epoch_started = time.perf_counter()
         seed_everything(epoch_seed(args.seed, epoch, info.rank))
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -243,10 +250,11 @@ def run(args: argparse.Namespace) -> int:
         last = epoch == args.epochs - 1
         if info.is_main and args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last):
             log.update(evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir))
-        log["minutes"] = round((time.perf_counter() - started) / 60, 3)
+        now = time.perf_counter()
+        log["minutes"] = round((now - started) / 60, 3)
         if info.is_main:
             line = json.dumps(log)
-            print(line, flush=True)
+            print(line if args.json else epoch_line(log, args.epochs, now - epoch_started, now - started), flush=True)
             if output_dir:
                 with open(output_dir / "log.jsonl", "a") as f:
                     f.write(line + "\n")

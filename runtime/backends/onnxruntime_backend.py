@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: full graph optimization, the optimized graph cached next to the model, explicit providers.
+"""ONNX Runtime backend: full graph optimization, the optimized graph cached in the user's cache, explicit providers.
 
 ``onnxruntime`` itself is imported only when a backend is created, so ``import runtime`` stays light. Importing this
 module only checks (cheaply, through package metadata) that one ONNX Runtime wheel is installed: ``onnxruntime`` and
@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
+from runtime.cache_dir import model_cache_dir
 from runtime.errors import PansegError
 from runtime.filehash import file_sha256
 
@@ -34,7 +36,7 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 
-CACHE_SUFFIX = ".ort-cache"
+CACHE_KIND = "ort"  # the folder under the user's panseg cache (runtime.cache_dir)
 _DIGEST_CHARS = 16
 
 ORT_TYPES = {
@@ -116,8 +118,9 @@ def cache_key(ort_version: str, providers: Sequence[str], options: dict[str, Any
     return hashlib.sha256(blob.encode()).hexdigest()[:_DIGEST_CHARS]
 
 
-def cache_dir_for(model_path: Path) -> Path:
-    return model_path.with_name(model_path.name + CACHE_SUFFIX)
+def cache_dir_for(model_path: Path, root: str | os.PathLike | None = None) -> Path:
+    """This model file's cache folder: under ``root`` (default: the user's panseg cache), never beside the model."""
+    return model_cache_dir(CACHE_KIND, model_path, root)
 
 
 def _short_error(exc: BaseException) -> str:
@@ -140,10 +143,12 @@ class OnnxRuntimeBackend(Backend):
         build lacks, or that fails to load (e.g. missing CUDA libraries), is an error, never a silent CPU fallback.
     intra_op_threads / inter_op_threads: thread pool sizes (None: ONNX Runtime's default, one per physical core);
         inter-op threads only matter with parallel execution, which is switched on when inter_op_threads > 1.
-    optimized_cache: keep the ORT_ENABLE_ALL-optimized graph in ``<model>.onnx.ort-cache/`` keyed by the source
-        model's sha256, the ORT version, the providers, the options and the CPU, and load it instead of
-        re-optimizing. With the TensorRT provider the graph holds compiled nodes that cannot be saved, so TensorRT's
-        own engine and timing caches are pointed at the same folder instead.
+    optimized_cache: keep the ORT_ENABLE_ALL-optimized graph in this model's folder of the user's cache
+        (``$PANSEG_CACHE_DIR``, ``$XDG_CACHE_HOME/panseg`` or ``~/.cache/panseg``, then ``ort/<name>-<path digest>``;
+        see runtime.cache_dir) keyed by the source model's sha256, the ORT version, the providers, the options and
+        the CPU, and load it instead of re-optimizing. With the TensorRT provider the graph holds compiled nodes that
+        cannot be saved, so TensorRT's own engine and timing caches go to a subfolder keyed the same way instead.
+    cache_root: the cache root to use instead of the user's (the model's folder is made under ``<root>/ort/``).
     """
 
     name = "onnxruntime"
@@ -156,6 +161,7 @@ class OnnxRuntimeBackend(Backend):
         inter_op_threads: int | None = None,
         optimized_cache: bool = True,
         allow_spinning: bool = True,
+        cache_root: str | os.PathLike | None = None,
     ) -> None:
         super().__init__(path)
         # ORT's worker threads busy-wait after each run (lowest latency for back-to-back calls). Turn it off when
@@ -184,9 +190,13 @@ class OnnxRuntimeBackend(Backend):
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         uses_tensorrt = "TensorrtExecutionProvider" in self.providers
-        self.cache_dir: Path | None = cache_dir_for(self.path) if optimized_cache else None
+        self.cache_dir: Path | None = cache_dir_for(self.path, cache_root) if optimized_cache else None
         self.cache_path: Path | None = None  # the optimized model this session was loaded from or saved to
         self.cache_hit = False
+        if self.cache_dir is not None:
+            # Keyed by contents: a model re-exported to the same path must not be served the old graph or engine.
+            self._source_digest = file_sha256(self.path)[:_DIGEST_CHARS]
+            self._cache_key = cache_key(ort.__version__, self.providers, self._cache_options())
         self._provider_options = self._make_provider_options(uses_tensorrt)
 
         if self.cache_dir is not None and not uses_tensorrt:
@@ -223,8 +233,14 @@ class OnnxRuntimeBackend(Backend):
     def _make_provider_options(self, uses_tensorrt: bool) -> list[dict[str, Any]]:
         options: list[dict[str, Any]] = [{} for _ in self.providers]
         if uses_tensorrt and self.cache_dir is not None:
-            trt_dir = self.cache_dir / "tensorrt"
-            trt_dir.mkdir(parents=True, exist_ok=True)
+            trt_dir = self.tensorrt_cache_dir
+            try:
+                trt_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # unwritable cache: build the engines every time rather than fail
+                warnings.warn(f"{trt_dir}: cannot create the TensorRT engine cache ({exc})", RuntimeWarning,
+                              stacklevel=4)
+                return options
+            self._prune_stale(self._source_digest)
             options[self.providers.index("TensorrtExecutionProvider")] = {
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(trt_dir),
@@ -245,11 +261,16 @@ class OnnxRuntimeBackend(Backend):
         # Thread counts do not change the optimized graph, so they are not part of the key.
         return {"graph_optimization_level": "ORT_ENABLE_ALL"}
 
+    @property
+    def tensorrt_cache_dir(self) -> Path:
+        """Where the TensorRT provider keeps its engines and timing cache for this model's contents and settings."""
+        assert self.cache_dir is not None
+        return self.cache_dir / f"tensorrt-{self._source_digest}-{self._cache_key}"
+
     def _load_with_cache(self):
         assert self.cache_dir is not None
-        source_digest = file_sha256(self.path)[:_DIGEST_CHARS]
-        key = cache_key(self._ort.__version__, self.providers, self._cache_options())
-        self.cache_path = self.cache_dir / f"{source_digest}-{key}.onnx"
+        source_digest = self._source_digest
+        self.cache_path = self.cache_dir / f"{source_digest}-{self._cache_key}.onnx"
         if self.cache_path.is_file():
             try:
                 session = self._create_session(self.cache_path, self._session_options(optimize=False))
@@ -266,7 +287,7 @@ class OnnxRuntimeBackend(Backend):
         assert self.cache_dir is not None and self.cache_path is not None
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # read-only model folder: run without the cache rather than fail
+        except OSError as exc:  # unwritable cache folder: run without the cache rather than fail
             warnings.warn(f"{self.cache_dir}: cannot create the optimized-model cache ({exc})", RuntimeWarning,
                           stacklevel=4)
             self.cache_path = None
@@ -276,7 +297,7 @@ class OnnxRuntimeBackend(Backend):
             session = self._create_session(self.path, self._session_options(optimize=True, save_to=tmp))
         except PansegError:
             tmp.unlink(missing_ok=True)
-            _remove_if_empty(self.cache_dir)  # no empty cache folder left next to a model that does not load
+            _remove_if_empty(self.cache_dir)  # no empty cache folder left for a model that does not load
             raise
         try:
             if tmp.is_file():
@@ -289,11 +310,15 @@ class OnnxRuntimeBackend(Backend):
             tmp.unlink(missing_ok=True)
 
     def _prune_stale(self, source_digest: str) -> None:
-        """Drop cached graphs of earlier versions of the source model; other provider/ORT variants stay."""
+        """Drop cached graphs and TensorRT engines of earlier versions of the source model; other provider/ORT
+        variants stay."""
         assert self.cache_dir is not None
         for old in self.cache_dir.glob("*.onnx"):
             if not old.name.startswith(source_digest + "-"):
                 old.unlink(missing_ok=True)
+        for old in self.cache_dir.glob("tensorrt-*"):
+            if old.is_dir() and not old.name.startswith(f"tensorrt-{source_digest}-"):
+                shutil.rmtree(old, ignore_errors=True)
 
     def _check_providers_active(self) -> None:
         active = self._session.get_providers()

@@ -67,7 +67,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--inter-op-threads", type=int, default=None, metavar="N",
                        help="ONNX Runtime threads across operators (>1 turns on parallel execution)")
     group.add_argument("--no-ort-cache", dest="ort_cache", action="store_false",
-                       help="do not cache the optimized graph next to the .onnx file")
+                       help="do not cache the optimized graph (cached in $PANSEG_CACHE_DIR, default ~/.cache/panseg)")
 
 
 def backend_options_from_args(path: str | os.PathLike, args: argparse.Namespace) -> dict[str, Any]:

@@ -412,5 +412,6 @@ def run(args: argparse.Namespace) -> int:
         args.input_json, args.output_json, folder, args.categories_json, seed=args.seed, workers=args.workers
     )
     n_segments = sum(len(a["segments_info"]) for a in panoptic["annotations"])
-    print(f"wrote {len(panoptic['annotations'])} images, {n_segments} segments: {args.output_json}, {folder}/")
+    shown = f"{Path(folder)}{os.sep}"  # one separator whether or not the argument ended with one
+    print(f"wrote {len(panoptic['annotations'])} images, {n_segments} segments: {args.output_json}, {shown}")
     return 0
