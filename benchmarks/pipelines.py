@@ -38,10 +38,10 @@ from torch import nn
 
 from benchmarks import detr_original
 from runtime.errors import PansegError
-from runtime.infer import InferOptions, Pipeline
 from runtime.model import load_model
 from runtime.model_info import ModelInfo
 from runtime.outputs import ImageJob
+from runtime.pipeline import InferOptions, Pipeline
 from runtime.postprocess import PanopticResult
 from train.datasets.coco import open_rgb
 from train.datasets.collate import pad_images

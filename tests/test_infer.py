@@ -29,11 +29,13 @@ from runtime.categories import categories_from_json, categories_to_json
 from runtime.cli import main
 from runtime.commands import infer_cmd
 from runtime.errors import PansegError
-from runtime.infer import InferOptions, Pipeline, collect_inputs, infer
+from runtime.infer import infer
+from runtime.inputs import collect_inputs
 from runtime.model import EngineShape, check_engine
 from runtime.model_info import parse_model_info
 from runtime.outputs import OutputDir, PredictionsFile
 from runtime.panoptic_format import read_panoptic_png, segment_stats, validate_annotation, write_panoptic_png
+from runtime.pipeline import InferOptions, Pipeline
 from runtime.postprocess import PanopticResult
 from train.checkpoint import save_checkpoint
 from train.datasets import build_dataset, build_transforms, collate_fn, pad_images, scaled_transform_options
