@@ -10,11 +10,13 @@ measured around all three, separately from the stages, so the report can show th
   stage). Untimed, the same outputs also go through :class:`train.postprocess.PostProcessPanoptic`, panseg's
   vectorized torch port of it: its results (which fix detr's padded-batch behaviour) are the agreement reference,
   and its time is reported as a second, stronger PyTorch baseline (``side_seconds["postprocess_torch_port"]``).
-- the runtime runners: exactly what ``panseg-rt infer`` runs (runtime.infer.Pipeline: runtime.preprocess, the backend
-  chosen by runtime.backends.select_backend, runtime.postprocess / runtime.sparse): ``onnxruntime`` on the
-  ``--onnx`` model (the query-sparse pair by default), ``onnxruntime-full`` on detr's single graph (every query's
-  mask; ``--onnx-full``). For TensorRT the engine stage includes the host<->device copies (the backend copies inside
-  ``infer``).
+- the runtime runners: exactly what ``panseg-rt infer`` runs: ``runtime.model.load_model`` (the graph, or the
+  query-sparse detector and its mask graph, on the backend runtime.backends.select_backend picks), then per batch
+  runtime.pipeline.Pipeline's stages: ``prepare`` (runtime.preprocess), ``model.run`` (the graph(s) and the query
+  selection; runtime/sparse.py for a pair) and ``segment_kept`` on what it kept (runtime.postprocess, no second
+  selection): ``onnxruntime`` on the ``--onnx`` model (the query-sparse pair by default), ``onnxruntime-full`` on
+  detr's single graph (every query's mask; ``--onnx-full``). For TensorRT the engine stage includes the
+  host<->device copies (the backend copies inside ``infer``).
 
 Each runner also remembers the class logits of its last call per batch of images (``logits``; one dict store after
 the last stage), so the benchmark can count the queries that backend kept in the run (the query-sparse FLOPs depend
@@ -38,10 +40,10 @@ from torch import nn
 
 from benchmarks import detr_original
 from runtime.errors import PansegError
-from runtime.infer import InferOptions, Pipeline
 from runtime.model import load_model
 from runtime.model_info import ModelInfo
 from runtime.outputs import ImageJob
+from runtime.pipeline import InferOptions, Pipeline
 from runtime.postprocess import PanopticResult
 from train.datasets.coco import open_rgb
 from train.datasets.collate import pad_images

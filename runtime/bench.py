@@ -1,21 +1,34 @@
-"""Engine-only latency, trtexec-style: the timing loop and its statistics as a library (no torch).
+"""Model latency, trtexec-style: what ``panseg-rt bench`` times, the timing loop and its statistics (no torch).
 
-What is timed: one ``Backend.infer`` call per sample, on the same random inputs every time, so the numbers are the
-engine's (for TensorRT including the host<->device copies, as trtexec's "Latency"), without image decoding, resizing
-or post-processing. ``panseg-rt bench`` prints them; the full benchmark in ``benchmarks/`` reuses ``time_calls`` and
+What is timed: the model as ``runtime.model.load_model`` loads it, on the same seeded random inputs every call, so the
+numbers are the engine's (for TensorRT including the host<->device copies, as trtexec's "Latency"), without image
+decoding, resizing or post-processing. One row per thing timed:
+
+- a single graph: one row, ``model``: ``PanopticModel.run`` (the graph and the query selection), the whole model;
+- a query-sparse pair (the export's default for panoptic models): ``detector`` (the detector graph alone),
+  ``masks`` (the mask graph alone, on the detector's real outputs for the kept queries) and ``model``: the pair end
+  to end (``PanopticModel.run``: detector + selection + mask graph), the whole model's latency.
+
+Kept queries: random images are not photos (a trained model keeps next to nothing on noise, an untrained one all or
+nothing), so the benchmark does not use the threshold: every image keeps its ``kept`` queries with the highest object
+probability (:func:`top_queries`), ``--kept N`` or by default ``DEFAULT_KEPT_FRACTION`` of the model's queries (20 of
+detr's 100: the number ``benchmarks/latency.py`` calibrates its random model to keep per photo). The mask graph's
+cost grows with it, so the summary and the JSON say it.
+
+``panseg-rt bench`` prints the rows; the full benchmark in ``benchmarks/`` reuses ``time_calls`` and
 ``latency_stats``.
 
 Method, so that numbers from different runs and machines mean the same thing:
 
-- Warmup: at least ``warmup`` calls and at least ``warmup_seconds``; none of them is recorded.
+- Warmup: at least ``warmup`` calls and at least ``warmup_seconds``; none of them is recorded. Each row warms up.
 - Timed phase: at least ``iterations`` calls and at least ``duration`` seconds (trtexec's ``--iterations`` and
-  ``--duration`` work the same way). Each call is bracketed by ``time.perf_counter_ns``; Python's cyclic garbage
-  collector is paused meanwhile (as ``timeit`` does) so a collection does not land inside a sample.
+  ``--duration`` work the same way), per row. Each call is bracketed by ``time.perf_counter_ns``; Python's cyclic
+  garbage collector is paused meanwhile (as ``timeit`` does) so a collection does not land inside a sample.
 - Percentiles: numpy's default "linear" method (type 7 of Hyndman & Fan: rank ``q/100 * (n - 1)`` interpolated
   between the two nearest sorted samples). With fewer than 100 samples p99 lies between the two largest samples.
-- Spread: population standard deviation (ddof=0) and the coefficient of variation stdev / mean; above 5% the run is
+- Spread: population standard deviation (ddof=0) and the coefficient of variation stdev / mean; above 5% the row is
   flagged "timings unstable" (load on the machine, frequency scaling, too short a warmup).
-- Throughput: ``qps = 1000 / mean_ms`` engine calls per second and ``images/s = batch * qps``.
+- Throughput: ``qps = 1000 / mean_ms`` calls per second and ``images/s = batch * qps``.
 """
 
 from __future__ import annotations
@@ -36,21 +49,26 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from runtime.backends import Backend, select_backend
+from runtime.backends import Backend
 from runtime.backends.base import TensorSpec
+from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_OUTPUTS, PRED_BOXES, PRED_LOGITS
 from runtime.contract import IMAGES as IMAGES_INPUT
 from runtime.contract import PADDING_MASK as MASK_INPUT
 from runtime.errors import PansegError
-from runtime.model import EngineShape
-from runtime.model_info import ModelInfo, parse_model_info
+from runtime.model import EngineShape, PanopticModel, load_model
+from runtime.model_info import ModelInfo
+from runtime.postprocess import softmax
 from runtime.preprocess import target_size
+from runtime.sparse import QuerySelector, kept_pairs, mask_graph_feeds
 from runtime.trt_sidecar import check_shapes_in_profile, format_shape
 
 PERCENTILE_METHOD = "linear"  # numpy.percentile's default; documented in the JSON and above
 PERCENTILES = (90, 95, 99)
 UNSTABLE_CV = 0.05  # coefficient of variation above which the timings are flagged
 TYPICAL_PHOTO = (640, 480)  # (width, height) of the 4:3 photo the default input size is computed for
-JSON_VERSION = 1
+JSON_VERSION = 2  # 2: a row per graph of a query-sparse pair and one for the whole model
+DEFAULT_KEPT_FRACTION = 0.2  # of the model's queries, kept per image by default (see the module docstring)
+KEPT_RULE = "each image keeps its N queries with the highest object probability, whatever their score"
 _BACKEND_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
 
 
@@ -271,7 +289,8 @@ def make_feeds(backend: Backend, info: ModelInfo, shape: BenchShape, seed: int =
 
 @dataclass
 class BenchOptions:
-    """What to time and how long; None for batch/shape means the engine's natural shape (``resolve_shape``)."""
+    """What to time and how long; None for batch/shape means the engine's natural shape (``resolve_shape``), None
+    for kept the default share of the model's queries (``DEFAULT_KEPT_FRACTION``)."""
 
     batch: int | None = None
     shape: tuple[int, int] | None = None  # (height, width)
@@ -281,11 +300,12 @@ class BenchOptions:
     duration: float = 0.0
     seed: int = 0
     padding_fraction: float = 0.0
+    kept: int | None = None  # queries kept per image
     progress: bool = True
 
     def check(self) -> None:
         """One-line errors, named after the command-line flags, for values that make no sense."""
-        for name in ("batch", "iterations"):
+        for name in ("batch", "iterations", "kept"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise PansegError(f"--{name} must be a positive integer, got {value!r}")
@@ -303,19 +323,48 @@ class BenchOptions:
             raise PansegError(f"--padding-fraction must be in [0, 1), got {self.padding_fraction!r}")
 
 
-@dataclass
-class BenchResult:
-    """Everything one run measured and the conditions it ran under."""
+# ------------------------------------------------------------------------------------------------------ kept queries
 
-    model: str
-    shape: BenchShape
+
+def resolve_kept(info: ModelInfo, kept: int | None) -> tuple[int, str]:
+    """Queries kept per image, and where the number came from (for the report)."""
+    if kept is None:
+        count = min(info.num_queries, max(1, round(DEFAULT_KEPT_FRACTION * info.num_queries)))
+        return count, f"default: {DEFAULT_KEPT_FRACTION:.0%} of the model's {info.num_queries} queries; --kept N"
+    if kept > info.num_queries:
+        raise PansegError(f"{info.source}: --kept {kept} is more than the model's {info.num_queries} queries")
+    return kept, "--kept"
+
+
+def top_queries(count: int) -> QuerySelector:
+    """A selection rule that keeps each image's ``count`` queries with the highest object probability (the best class
+    other than "no object"), whatever that probability: the benchmark's stand-in for the threshold, which on random
+    inputs keeps an arbitrary number (see the module docstring)."""
+
+    def select(logits: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        objects = softmax(logits, axis=-1)[:, :-1]
+        scores, labels = objects.max(-1), objects.argmax(-1)
+        keep = np.sort(np.argsort(-scores, kind="stable")[:count])
+        return keep, scores[keep], labels[keep]
+
+    return select
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class BenchRow:
+    """One thing timed: a graph alone, or the whole model (``whole_model``), with its inputs and its samples."""
+
+    name: str  # "detector", "masks" (a query-sparse pair's graphs) or "model" (the whole model, either layout)
+    role: str  # what the row times, in words
+    files: list[str]  # the engine files that run in each call
+    whole_model: bool
     inputs: dict[str, dict[str, Any]]  # name -> {"shape": [...], "dtype": "..."}
-    options: BenchOptions
     timing: Timing
     stats: LatencyStats
-    environment: dict[str, Any]
-    load_seconds: float = 0.0
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    batch: int
 
     @property
     def qps(self) -> float:
@@ -323,16 +372,77 @@ class BenchResult:
 
     @property
     def images_per_second(self) -> float:
-        return self.shape.batch * self.qps
+        return self.batch * self.qps
+
+    @property
+    def title(self) -> str:
+        names = " + ".join(Path(f).name for f in self.files)
+        return f"{self.name} ({names}): {self.role}"
 
     @property
     def warnings(self) -> list[str]:
         found = []
         if self.stats.unstable:
-            found.append(f"timings unstable: coefficient of variation {100 * self.stats.cv:.1f}% > "
+            found.append(f"{self.name}: timings unstable: coefficient of variation {100 * self.stats.cv:.1f}% > "
                          f"{100 * UNSTABLE_CV:.0f}% (other load on the machine, CPU frequency scaling or too short a "
                          "warmup; rerun on an idle machine with more --warmup/--iterations)")
         return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "files": self.files,
+            "whole_model": self.whole_model,
+            "inputs": self.inputs,
+            "warmup": {"done_iterations": self.timing.warmup_iterations, "done_seconds": self.timing.warmup_ns / 1e9},
+            "timed_iterations": len(self.timing.samples_ns),
+            "latency_ms": self.stats.to_json(),
+            "throughput": {"qps": self.qps, "images_per_second": self.images_per_second},
+            "wall_seconds": self.timing.wall_ns / 1e9,
+            "stable": not self.stats.unstable,
+            "warnings": self.warnings,
+            "samples_ms": self.timing.samples_ms,
+        }
+
+    def summary_lines(self) -> list[str]:
+        """One row as trtexec prints its summary ("Throughput: ... qps", "Latency: ...")."""
+        s = self.stats
+        inputs = ", ".join(f"{name} {format_shape(v['shape'])} {v['dtype']}" for name, v in self.inputs.items())
+        return [
+            f"=== Performance summary: {self.title} ===",
+            f"Inputs: {inputs}",
+            f"Timing: {s.count} iterations after {self.timing.warmup_iterations} warmup iterations "
+            f"({self.timing.warmup_ns / 1e9:.2f} s)",
+            f"Throughput: {self.qps:.4f} qps ({self.images_per_second:.4f} images/s at batch {self.batch})",
+            s.trtexec_line(),
+            f"Latency stdev = {s.stdev:.4f} ms, coefficient of variation = {100 * s.cv:.2f}%",
+            f"Total Host Walltime: {self.timing.wall_ns / 1e9:.4f} s",
+        ]
+
+
+@dataclass
+class BenchResult:
+    """Everything one run measured (a row per graph and one for the whole model) and the conditions it ran under."""
+
+    model: str
+    layout: str  # "single graph" or "query-sparse pair"
+    shape: BenchShape
+    kept: int
+    kept_source: str
+    options: BenchOptions
+    rows: list[BenchRow]
+    environment: dict[str, Any]
+    load_seconds: float = 0.0
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def whole_model(self) -> BenchRow:
+        return next(row for row in self.rows if row.whole_model)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [warning for row in self.rows for warning in row.warnings]
 
     def to_json(self) -> dict[str, Any]:
         o = self.options
@@ -340,35 +450,33 @@ class BenchResult:
             "format_version": JSON_VERSION,
             "created": self.created,
             "model": self.model,
+            "layout": self.layout,
             "batch": self.shape.batch,
             "shape": [self.shape.height, self.shape.width],
             "batch_source": self.shape.batch_source,
             "shape_source": self.shape.size_source,
-            "inputs": self.inputs,
             "padding_fraction": o.padding_fraction,
             "padded_columns": padded_columns(self.shape.width, o.padding_fraction),
             "seed": o.seed,
+            "kept_per_image": self.kept,
+            "kept_source": self.kept_source,
+            "kept_rule": KEPT_RULE,
             "iterations": o.iterations,
             "duration_seconds": o.duration,
-            "warmup": {"iterations": o.warmup, "seconds": o.warmup_seconds,
-                       "done_iterations": self.timing.warmup_iterations,
-                       "done_seconds": self.timing.warmup_ns / 1e9},
-            "timed_iterations": len(self.timing.samples_ns),
-            "latency_ms": self.stats.to_json(),
+            "warmup": {"iterations": o.warmup, "seconds": o.warmup_seconds},
             "percentile_method": f"numpy.percentile method={PERCENTILE_METHOD!r}",
             "stdev": "population (ddof=0)",
-            "throughput": {"qps": self.qps, "images_per_second": self.images_per_second},
-            "wall_seconds": self.timing.wall_ns / 1e9,
             "load_seconds": self.load_seconds,
-            "stable": not self.stats.unstable,
+            "whole_model_row": self.whole_model.name,
+            "stable": not self.warnings,
             "warnings": self.warnings,
             **self.environment,
-            "samples_ms": self.timing.samples_ms,
+            "rows": [row.to_json() for row in self.rows],
         }
 
     def summary_lines(self) -> list[str]:
-        """The report as trtexec prints it ("=== Performance summary ===", "Throughput: ... qps", "Latency: ...")."""
-        env, s, shape = self.environment, self.stats, self.shape
+        """The report as trtexec prints it, a "=== Performance summary ===" block per row, the whole model last."""
+        env, shape = self.environment, self.shape
         engine = [f"{env['backend']} {env.get('backend_version') or '(version unknown)'}"]
         if env.get("providers"):
             engine.append(f"providers {', '.join(env['providers'])}")
@@ -376,22 +484,23 @@ class BenchResult:
             engine.append(f"GPU {env['gpu']}")
         if env["backend"] == "onnxruntime":
             engine.append(f"intra-op threads {env.get('threads') or 'default'}")
-        inputs = ", ".join(f"{name} {format_shape(v['shape'])} {v['dtype']}" for name, v in self.inputs.items())
         padded = padded_columns(shape.width, self.options.padding_fraction)
-        return [
+        whole = self.whole_model
+        files = " + ".join(Path(f).name for f in whole.files)
+        lines = [
             "=== Model ===",
-            f"Engine: {self.model} ({'; '.join(engine)}; loaded in {self.load_seconds:.2f} s)",
+            f"Engine: {self.model} ({self.layout}: {files}; {'; '.join(engine)}; loaded in {self.load_seconds:.2f} s)",
             f"Input: batch {shape.batch} ({shape.batch_source}), {shape.height}x{shape.width} ({shape.size_source}); "
-            f"{inputs}; {padded} padded columns; seed {self.options.seed}",
+            f"{padded} padded columns; seed {self.options.seed}",
+            f"Kept: {self.kept} queries per image ({self.kept_source}); {KEPT_RULE}",
             f"Host: {env['cpu']} ({env['cpu_count']} logical CPUs), {env['platform']}",
-            f"Timing: {s.count} iterations after {self.timing.warmup_iterations} warmup iterations "
-            f"({self.timing.warmup_ns / 1e9:.2f} s)",
-            "=== Performance summary ===",
-            f"Throughput: {self.qps:.4f} qps ({self.images_per_second:.4f} images/s at batch {shape.batch})",
-            s.trtexec_line(),
-            f"Latency stdev = {s.stdev:.4f} ms, coefficient of variation = {100 * s.cv:.2f}%",
-            f"Total Host Walltime: {self.timing.wall_ns / 1e9:.4f} s",
         ]
+        for row in self.rows:
+            lines += row.summary_lines()
+        others = "" if len(self.rows) == 1 else "; the other rows time one graph each"
+        lines.append(f"=== Whole model: row '{whole.name}' ({files}), mean {whole.stats.mean:.4f} ms per batch of "
+                     f"{shape.batch}{others} ===")
+        return lines
 
 
 def cpu_model() -> str:
@@ -427,32 +536,61 @@ def environment(backend: Backend) -> dict[str, Any]:
     }
 
 
-def run_benchmark(backend: Backend, info: ModelInfo, options: BenchOptions,
-                  clock: Callable[[], int] | None = None) -> BenchResult:
-    """Time ``backend`` (already loaded) on random inputs of the resolved shape."""
+def _tensor_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    return {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in feeds.items()}
+
+
+def run_benchmark(model: PanopticModel, options: BenchOptions, clock: Callable[[], int] | None = None) -> BenchResult:
+    """Time a loaded ``model`` on random inputs of the resolved shape: a row per graph of a query-sparse pair, then
+    the whole model (``model.run``); a single graph gives the whole-model row only."""
     options.check()
-    shape = resolve_shape(backend, info, options.batch, options.shape)
-    feeds = make_feeds(backend, info, shape, options.seed, options.padding_fraction)
-    outputs = [s.name for s in backend.output_specs()]
-    timing = time_calls(lambda: backend.infer(feeds, outputs), options.iterations, options.warmup,
-                        options.warmup_seconds, options.duration, options.progress, clock)
-    inputs = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in feeds.items()}
-    return BenchResult(str(backend.path), shape, inputs, options, timing, latency_stats(timing.samples_ms),
-                       environment(backend))
+    detector, info = model.detector, model.info
+    shape = resolve_shape(detector, info, options.batch, options.shape)
+    kept, kept_source = resolve_kept(info, options.kept)
+    select = top_queries(kept)
+    feeds = make_feeds(detector, info, shape, options.seed, options.padding_fraction)
+
+    def timed(call: Callable[[], object]) -> tuple[Timing, LatencyStats]:
+        timing = time_calls(call, options.iterations, options.warmup, options.warmup_seconds, options.duration,
+                            options.progress, clock)
+        return timing, latency_stats(timing.samples_ms)
+
+    rows = []
+    images, padding_mask = feeds[IMAGES_INPUT], feeds.get(MASK_INPUT)
+    if padding_mask is None:  # the model does not read it; model.run still takes one
+        padding_mask = np.zeros((shape.batch, shape.height, shape.width), dtype=bool)
+    if model.masks is not None:
+        masks = model.masks
+        detector_outputs = list(DETECTOR_OUTPUTS)
+        rows.append(BenchRow("detector", "the detector graph alone", [str(detector.path)], False, _tensor_shapes(feeds),
+                             *timed(lambda: detector.infer(feeds, detector_outputs)), shape.batch))
+        det = detector.infer(feeds, detector_outputs)  # untimed: the mask graph's real inputs
+        keep = [select(logits, boxes)[0] for logits, boxes in zip(det[PRED_LOGITS], det[PRED_BOXES], strict=True)]
+        mask_feeds = mask_graph_feeds(det, *kept_pairs(keep))
+        rows.append(BenchRow("masks", f"the mask graph alone, on the detector's outputs for {kept} kept queries per "
+                             "image", [str(masks.path)], False, _tensor_shapes(mask_feeds),
+                             *timed(lambda: masks.infer(mask_feeds, list(MASK_GRAPH_OUTPUTS))), shape.batch))
+        role = "THE WHOLE MODEL: detector + query selection + mask graph, end to end (model.run)"
+    else:
+        role = "THE WHOLE MODEL: the single graph (every query's mask) + query selection (model.run)"
+    rows.append(BenchRow("model", role, [str(f) for f in model.files], True, _tensor_shapes(feeds),
+                         *timed(lambda: model.run(images, padding_mask, info.threshold, select=select)), shape.batch))
+    return BenchResult(str(model.path), "query-sparse pair" if model.query_sparse else "single graph", shape, kept,
+                       kept_source, options, rows, environment(detector))
 
 
 def bench_engine(engine: str | os.PathLike, options: BenchOptions | None = None, backend: str | None = None,
                  backend_options: Mapping[str, Any] | None = None) -> BenchResult:
-    """Load ``engine`` (.onnx with ONNX Runtime, .plan/.engine with TensorRT) and time it."""
+    """Load the model ``engine`` (.onnx with ONNX Runtime, .plan/.engine with TensorRT; a query-sparse detector with
+    its mask graph) through ``load_model`` and time it."""
     options = options or BenchOptions()
     options.check()
     path = Path(engine)
     if not path.is_file():
         raise PansegError(f"{path}: {'is not a file' if path.exists() else 'no such engine file'}")
     started = time.perf_counter()
-    with select_backend(path, backend, **dict(backend_options or {})) as loaded:
-        info = parse_model_info(loaded.metadata(), str(path))
+    with load_model(path, backend, backend_options) as model:
         load_seconds = time.perf_counter() - started
-        result = run_benchmark(loaded, info, options)
+        result = run_benchmark(model, options)
     result.load_seconds = load_seconds
     return result

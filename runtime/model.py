@@ -37,7 +37,7 @@ from runtime.contract import (
 from runtime.errors import PansegError
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.postprocess import KeptQueries, ModelOutputs
-from runtime.sparse import mask_graph_path, run_query_sparse
+from runtime.sparse import QuerySelector, mask_graph_path, run_query_sparse
 
 SINGLE_GRAPH_OUTPUTS = (PRED_LOGITS, PRED_BOXES, PRED_MASKS)
 
@@ -148,16 +148,23 @@ class PanopticModel:
         return feeds
 
     def run(self, images: np.ndarray, padding_mask: np.ndarray, threshold: float,
-            nms_iou: float | None = None) -> ModelOutputs:
+            nms_iou: float | None = None, select: QuerySelector | None = None) -> ModelOutputs:
         """The engine stage: the graph(s) on a batch, then per image the queries kept at ``threshold`` (with box NMS
-        among things when ``nms_iou`` is set) with their masks. A query-sparse model computes only those masks."""
+        among things when ``nms_iou`` is set) with their masks. A query-sparse model computes only those masks.
+
+        ``select`` replaces the threshold rule (``panseg-rt bench`` keeps a fixed number of queries per image)."""
         feeds = self.feeds(images, padding_mask)
         is_thing = self.info.is_thing
         if self.masks is not None:
-            return run_query_sparse(self.detector.infer, self.masks.infer, feeds, threshold, is_thing, nms_iou)
+            return run_query_sparse(self.detector.infer, self.masks.infer, feeds, threshold, is_thing, nms_iou, select)
         out = self.detector.infer(feeds, list(SINGLE_GRAPH_OUTPUTS))
-        kept = [KeptQueries.select(logits, masks, threshold, boxes, is_thing, nms_iou)
-                for logits, masks, boxes in zip(out[PRED_LOGITS], out[PRED_MASKS], out[PRED_BOXES], strict=True)]
+        kept = []
+        for logits, masks, boxes in zip(out[PRED_LOGITS], out[PRED_MASKS], out[PRED_BOXES], strict=True):
+            if select is None:
+                kept.append(KeptQueries.select(logits, masks, threshold, boxes, is_thing, nms_iou))
+            else:
+                keep, scores, labels = select(logits, boxes)
+                kept.append(KeptQueries(keep, scores, labels, np.asarray(masks)[keep]))
         return ModelOutputs(out[PRED_LOGITS], out[PRED_BOXES], kept)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from runtime.errors import PansegError
 
@@ -35,6 +35,18 @@ ALPHA_BACKGROUND = 255
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, MemoryError)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transposition that shows the image upright (ImageOps.exif_transpose's table).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SIDE_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 def _one_line(exc: BaseException) -> str:
@@ -84,8 +96,9 @@ def load_image(
             image.load()
         except _DECODE_ERRORS as exc:
             raise PansegError(f"{path}: truncated or corrupt image data ({_one_line(exc)})") from exc
-        if apply_exif:
-            image = _exif_transposed(image)
+        orientation = exif_orientation(image) if apply_exif else 1
+        if orientation != 1:
+            image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
         try:
             rgb = to_rgb(image)
         except PansegError as exc:
@@ -94,12 +107,23 @@ def load_image(
         return rgb.copy() if rgb is image else rgb
 
 
-def _exif_transposed(image: Image.Image) -> Image.Image:
-    # A damaged EXIF block should not make an otherwise good image unusable: keep the stored orientation then.
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (2..8: how to turn it upright), or 1 (as stored) when there is none to apply.
+
+    One reader for :func:`load_image` (which turns the pixels) and ``runtime.inputs.probe_size`` (which predicts the
+    size from the header alone), so the two cannot disagree. A damaged EXIF block or an unknown value should not make
+    an otherwise good image unusable: the stored orientation is kept then.
+    """
     try:
-        return ImageOps.exif_transpose(image)
+        orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
     except Exception:  # noqa: BLE001 - Pillow raises many types for malformed EXIF
-        return image
+        return 1
+    return orientation if orientation in _ORIENTATION_TRANSPOSE else 1
+
+
+def oriented_size(height: int, width: int, orientation: int) -> tuple[int, int]:
+    """(height, width) of a stored ``height`` x ``width`` image once turned by EXIF ``orientation``."""
+    return (width, height) if orientation in _SIDE_SWAPPING_ORIENTATIONS else (height, width)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,9 +1,12 @@
-"""Query-sparse panoptic inference: detector graph -> threshold -> mask graph on the kept queries only.
+"""Query-sparse panoptic inference: detector graph -> query selection -> mask graph on the kept queries only.
 
 The export (export/onnx/sparse.py) writes two graphs: ``model.onnx`` (the detector, run once per batch) and a mask
-graph named in the detector's metadata (key ``query_sparse``). Which queries are kept is decided here, on the
-detector's logits, with the very ``select_queries`` the post-processing uses, so the panoptic result is the one the
-full model (all queries' masks) gives: the mask of a query depends on no other query.
+graph named in the detector's metadata (key ``query_sparse``). ``runtime.model.load_model`` loads both;
+``PanopticModel.run`` calls :func:`run_query_sparse`, which decides here, on the detector's logits, which queries are
+kept (``select_queries``: detr's threshold rule, optionally with box NMS) and computes only their masks. What it
+returns (``ModelOutputs``: per image the ``KeptQueries`` with their masks) is what ``segment_kept`` turns into the
+panoptic result without selecting again, so the result is the one the full model (all queries' masks) gives: the mask
+of a query depends on no other query.
 
 Batches: the kept (image, query) pairs of all images are flattened into one mask-graph call, with ``image_index``
 telling the graph whose per-image tensors to use, so images with different kept counts need no padding and no
@@ -35,6 +38,8 @@ from runtime.errors import PansegError
 from runtime.postprocess import KeptQueries, ModelOutputs, select_queries
 
 RunGraph = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]  # (feeds, output names) -> outputs
+# One image's Q x (C+1) logits and Q x 4 boxes -> (kept query indices ascending, their scores, their labels).
+QuerySelector = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def mask_graph_file(metadata: Mapping[str, Any], source: str = "model") -> str | None:
@@ -66,23 +71,34 @@ def kept_pairs(keep: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return image_index, query_index
 
 
+def mask_graph_feeds(detector_outputs: Mapping[str, np.ndarray], image_index: np.ndarray,
+                     query_index: np.ndarray) -> dict[str, np.ndarray]:
+    """The mask graph's inputs for the kept (image, query) pairs of a batch, from the detector's outputs."""
+    feeds = {HS_KEPT: np.ascontiguousarray(detector_outputs[HS][image_index, query_index]), IMAGE_INDEX: image_index}
+    feeds.update({name: detector_outputs[name] for name in PER_IMAGE_INPUTS})
+    return feeds
+
+
 def run_query_sparse(run_detector: RunGraph, run_masks: RunGraph, feeds: Mapping[str, np.ndarray],
                      threshold: float, is_thing: Mapping[int, bool] | None = None,
-                     nms_iou: float | None = None) -> ModelOutputs:
+                     nms_iou: float | None = None, select: QuerySelector | None = None) -> ModelOutputs:
     """Detector on the batch, select_queries per image (optionally with box NMS among things, which then also saves
-    the dropped duplicates' masks), one mask-graph call on every kept query (none if none)."""
+    the dropped duplicates' masks), one mask-graph call on every kept query (none if none).
+
+    ``select`` replaces the selection rule (``threshold``, ``is_thing`` and ``nms_iou`` are then unused): the
+    benchmark keeps a fixed number of queries per image with it (runtime/bench.py)."""
     det = run_detector(dict(feeds), list(DETECTOR_OUTPUTS))
     logits = det[PRED_LOGITS]
-    selected = [select_queries(image_logits, threshold, boxes, is_thing, nms_iou)
-                for image_logits, boxes in zip(logits, det[PRED_BOXES], strict=True)]
+    if select is None:
+        selected = [select_queries(image_logits, threshold, boxes, is_thing, nms_iou)
+                    for image_logits, boxes in zip(logits, det[PRED_BOXES], strict=True)]
+    else:
+        selected = [select(image_logits, boxes) for image_logits, boxes in zip(logits, det[PRED_BOXES], strict=True)]
     keep = [s[0] for s in selected]
     image_index, query_index = kept_pairs(keep)
     mask_hw = det[FPN_S4].shape[-2:]
     if image_index.size:
-        mask_feeds = {HS_KEPT: np.ascontiguousarray(det[HS][image_index, query_index]),
-                      IMAGE_INDEX: image_index}
-        mask_feeds.update({name: det[name] for name in PER_IMAGE_INPUTS})
-        flat = run_masks(mask_feeds, [MASK_GRAPH_OUTPUT])[MASK_GRAPH_OUTPUT]
+        flat = run_masks(mask_graph_feeds(det, image_index, query_index), [MASK_GRAPH_OUTPUT])[MASK_GRAPH_OUTPUT]
         if flat.shape != (image_index.size, *mask_hw):
             raise PansegError(f"mask graph returned {tuple(flat.shape)} for {image_index.size} kept queries, expected "
                               f"{(image_index.size, *mask_hw)}")

@@ -3,10 +3,12 @@ clock, shape resolution against the engine and the resize policy, and the comman
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
 import statistics
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,15 @@ from test_runtime_lean import run_without_torch
 from export.onnx import export_checkpoint
 from export.onnx.graph import ShapePolicy
 from runtime import bench
+from runtime import model as model_module
 from runtime.backends import OnnxRuntimeBackend
 from runtime.backends.base import Backend, TensorSpec
 from runtime.bench import BenchOptions, latency_stats, make_feeds, percentile, resolve_shape, run_benchmark, time_calls
 from runtime.categories import categories_to_json
 from runtime.cli import main
+from runtime.contract import HS_KEPT, IMAGE_INDEX, MASK_GRAPH_INPUTS, MODEL_INPUTS, mask_graph_name
 from runtime.errors import PansegError
+from runtime.model import PanopticModel, check_engine
 from runtime.model_info import ResizePolicy, parse_model_info
 from runtime.preprocess import target_size
 from runtime.trt_sidecar import TensorProfile
@@ -36,12 +41,14 @@ TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=0, d
 STATIC = ShapePolicy(batch=2, height=64, width=96)
 ORT = ["--threads", "1", "--no-ort-cache", "--no-progress"]  # two shared cores; leave no cache folders behind
 JSON_KEYS = {
-    "format_version", "created", "model", "batch", "shape", "batch_source", "shape_source", "inputs",
-    "padding_fraction", "padded_columns", "seed", "iterations", "duration_seconds", "warmup", "timed_iterations",
-    "latency_ms", "percentile_method", "stdev", "throughput", "wall_seconds", "load_seconds", "stable", "warnings",
+    "format_version", "created", "model", "layout", "batch", "shape", "batch_source", "shape_source",
+    "padding_fraction", "padded_columns", "seed", "kept_per_image", "kept_source", "kept_rule", "iterations",
+    "duration_seconds", "warmup", "percentile_method", "stdev", "load_seconds", "whole_model_row", "stable", "warnings",
     "backend", "backend_version", "providers", "gpu", "threads", "inter_op_threads", "cpu", "cpu_count", "platform",
-    "python", "numpy", "samples_ms",
+    "python", "numpy", "rows",
 }
+ROW_KEYS = {"name", "role", "files", "whole_model", "inputs", "warmup", "timed_iterations", "latency_ms", "throughput",
+            "wall_seconds", "stable", "warnings", "samples_ms"}
 LATENCY_KEYS = {"count", "min", "max", "mean", "median", "p90", "p95", "p99", "stdev", "cv"}
 
 
@@ -60,6 +67,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     for name, policy in (("dynamic", ShapePolicy()), ("static", STATIC)):
         out[name] = export_checkpoint(checkpoint, work / f"{name}.onnx", policy=policy, simplify=False,
                                       run_verification=False, progress=False).path
+    out["full"] = export_checkpoint(checkpoint, work / "full.onnx", simplify=False, run_verification=False,
+                                   progress=False, full=True).path
     return out
 
 
@@ -81,12 +90,13 @@ STUB_METADATA = {
     "categories": [{"id": 1, "name": "thing", "isthing": 1, "color": [1, 2, 3]}],
     "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
     "resize": {"size": 64, "max_size": 100}, "threshold": 0.85, "num_classes": 2, "num_queries": 4,
-    "inputs": {"images": {}, "padding_mask": {}}, "outputs": {"pred_logits": {}},
+    "inputs": {"images": {}, "padding_mask": {}}, "outputs": {"pred_logits": {}, "pred_boxes": {}, "pred_masks": {}},
 }
 
 
 class StubBackend(Backend):
-    """An engine whose latency is scripted (cycled through ``latencies_ms``) on a fake clock; it logs every call."""
+    """A single-graph engine whose latency is scripted (cycled through ``latencies_ms``) on a fake clock; it logs every
+    call."""
 
     name = "stub"
 
@@ -106,7 +116,9 @@ class StubBackend(Backend):
                 TensorSpec("padding_mask", np.dtype(bool), (b, h, w))]
 
     def output_specs(self) -> list[TensorSpec]:
-        return [TensorSpec("pred_logits", np.dtype(np.float32), ("batch", 4, 3))]
+        return [TensorSpec("pred_logits", np.dtype(np.float32), ("batch", 4, 3)),
+                TensorSpec("pred_boxes", np.dtype(np.float32), ("batch", 4, 4)),
+                TensorSpec("pred_masks", np.dtype(np.float32), ("batch", 4, "h", "w"))]
 
     def metadata(self) -> dict[str, str]:
         return {k: json.dumps(v) for k, v in STUB_METADATA.items()}
@@ -114,7 +126,9 @@ class StubBackend(Backend):
     def _infer(self, feeds, outputs):
         self.clock.advance_ms(self.latencies_ms[len(self.calls) % len(self.latencies_ms)])
         self.calls.append({name: array.shape for name, array in feeds.items()})
-        return {"pred_logits": np.zeros((feeds["images"].shape[0], 4, 3), np.float32)}
+        b, _, h, w = feeds["images"].shape
+        return {"pred_logits": np.zeros((b, 4, 3), np.float32), "pred_boxes": np.zeros((b, 4, 4), np.float32),
+                "pred_masks": np.zeros((b, 4, -(-h // 4), -(-w // 4)), np.float32)}
 
     def _release(self) -> None:
         pass
@@ -122,6 +136,12 @@ class StubBackend(Backend):
 
 def _stub_info(stub: StubBackend):
     return parse_model_info(stub.metadata(), "stub")
+
+
+def _stub_model(stub: StubBackend) -> PanopticModel:
+    """The stub as a loaded single-graph model, as load_model would make it."""
+    info = _stub_info(stub)
+    return PanopticModel(stub.path, stub.name, stub, None, info, check_engine(stub, info), ExitStack())
 
 
 def _linear_percentile(values, q: float) -> float:
@@ -205,12 +225,14 @@ def test_warmup_seconds_and_duration_extend_the_run():
 
 def test_run_benchmark_records_iterations_and_not_warmup_on_a_stub(tmp_path):
     stub = StubBackend(tmp_path / "stub.onnx", latencies_ms=[50.0] * 4 + [2.0] * 6)  # 4 slow warmups, then 2 ms
-    result = run_benchmark(stub, _stub_info(stub), BenchOptions(iterations=6, warmup=4, progress=False),
+    result = run_benchmark(_stub_model(stub), BenchOptions(iterations=6, warmup=4, progress=False),
                            clock=stub.clock)
     assert len(stub.calls) == 10
-    assert result.timing.warmup_iterations == 4 and len(result.timing.samples_ms) == 6
-    assert result.stats.max == pytest.approx(2.0)  # no 50 ms warmup call among the samples
-    assert result.qps == pytest.approx(500.0) and result.images_per_second == pytest.approx(500.0)
+    [row] = result.rows  # a single graph: the whole model only
+    assert row.whole_model and row.name == "model" and result.whole_model is row
+    assert row.timing.warmup_iterations == 4 and len(row.timing.samples_ms) == 6
+    assert row.stats.max == pytest.approx(2.0)  # no 50 ms warmup call among the samples
+    assert row.qps == pytest.approx(500.0) and row.images_per_second == pytest.approx(500.0)
 
 
 @pytest.mark.parametrize(("latencies", "unstable"), [
@@ -220,16 +242,18 @@ def test_cv_warning_only_for_variable_latency(tmp_path, monkeypatch, capsys, lat
     engine = tmp_path / "stub.onnx"
     engine.write_bytes(b"stub")
     stub = StubBackend(engine, latencies)
-    monkeypatch.setattr(bench, "select_backend", lambda *args, **kwargs: stub)
+    monkeypatch.setattr(model_module, "select_backend", lambda *args, **kwargs: stub)
     monkeypatch.setattr(bench, "perf_counter_ns", stub.clock)
     code, out, err = _bench(["--engine", str(engine), "--iterations", "10", "--warmup", "0", "--no-progress",
                              "--json", str(tmp_path / "b.json")], capsys)
     assert code == 0
     report = json.loads((tmp_path / "b.json").read_text())
+    [row] = report["rows"]
     cv = np.std(latencies * 5) / np.mean(latencies * 5)
-    assert report["latency_ms"]["cv"] == pytest.approx(cv, abs=1e-6)
+    assert row["latency_ms"]["cv"] == pytest.approx(cv, abs=1e-6)
     assert ("timings unstable" in err) is unstable
     assert report["stable"] is not unstable and bool(report["warnings"]) is unstable
+    assert row["stable"] is not unstable and bool(row["warnings"]) is unstable
     assert "Latency: min = " in out
 
 
@@ -294,51 +318,147 @@ def test_feeds_are_seeded_normalized_and_padded_on_the_right(tmp_path):
 # ---------------------------------------------------------------- the command on a real exported model
 
 
-def test_json_report_is_complete_and_consistent_with_its_samples(models, tmp_path, monkeypatch, capsys):
-    calls = []
-    real_select = bench.select_backend
+def _counting_backends(monkeypatch) -> dict[str, list[dict[str, tuple[int, ...]]]]:
+    """Wrap every backend load_model makes so that each infer call is logged (the shapes it was fed), per file name."""
+    calls: dict[str, list[dict[str, tuple[int, ...]]]] = {}
+    real_select = model_module.select_backend
 
-    def counting_select(*args, **kwargs):
-        backend = real_select(*args, **kwargs)
+    def counting_select(path, *args, **kwargs):
+        backend = real_select(path, *args, **kwargs)
+        log = calls.setdefault(Path(path).name, [])
         infer = backend.infer
 
-        def counted(*a, **k):
-            calls.append(1)
-            return infer(*a, **k)
+        def counted(feeds, outputs):
+            log.append({name: array.shape for name, array in feeds.items()})
+            return infer(feeds, outputs)
 
         backend.infer = counted
         return backend
 
-    monkeypatch.setattr(bench, "select_backend", counting_select)
+    monkeypatch.setattr(model_module, "select_backend", counting_select)
+    return calls
+
+
+def test_json_report_is_complete_and_consistent_with_its_samples(models, tmp_path, monkeypatch, capsys):
+    calls = _counting_backends(monkeypatch)
     out_json = tmp_path / "report" / "bench.json"
     code, out, err = _bench(["--engine", str(models["dynamic"]), "--batch", "2", "--shape", "32x48",
                              "--iterations", "7", "--warmup", "3", "--padding-fraction", "0.5",
                              "--json", str(out_json), *ORT], capsys)
     assert code == 0, err
-    assert len(calls) == 3 + 7
+    # the detector: its own row, one untimed call for the mask row's inputs, the whole model's row; the mask graph:
+    # its own row and the whole model's
+    assert len(calls[models["dynamic"].name]) == 3 + 7 + 1 + 3 + 7
+    assert len(calls[mask_graph_name(models["dynamic"])]) == 3 + 7 + 3 + 7
     report = json.loads(out_json.read_text())
-    assert set(report) == JSON_KEYS and set(report["latency_ms"]) == LATENCY_KEYS
+    assert set(report) == JSON_KEYS and len(report["rows"]) == 3
     assert [p.name for p in out_json.parent.iterdir()] == ["bench.json"]  # no temporary file left
-    samples = report["samples_ms"]
-    assert len(samples) == report["timed_iterations"] == report["latency_ms"]["count"] == 7
-    assert report["warmup"]["done_iterations"] == 3
-    lat = report["latency_ms"]
-    assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
-    assert lat["min"] == min(samples) and lat["max"] == max(samples)
-    assert lat["mean"] == pytest.approx(statistics.fmean(samples), rel=1e-12)
-    assert lat["median"] == pytest.approx(statistics.median(samples), rel=1e-12)
-    assert lat["p90"] == pytest.approx(_linear_percentile(samples, 90), rel=1e-12)
-    assert lat["stdev"] == pytest.approx(statistics.pstdev(samples), rel=1e-9)
-    assert report["throughput"]["images_per_second"] == pytest.approx(2 * 1000 / statistics.fmean(samples))
-    assert report["throughput"]["qps"] == pytest.approx(1000 / statistics.fmean(samples))
-    assert sum(samples) / 1000 <= report["wall_seconds"]
+    for row in report["rows"]:
+        assert set(row) == ROW_KEYS and set(row["latency_ms"]) == LATENCY_KEYS
+        samples = row["samples_ms"]
+        assert len(samples) == row["timed_iterations"] == row["latency_ms"]["count"] == 7
+        assert row["warmup"]["done_iterations"] == 3
+        lat = row["latency_ms"]
+        assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert lat["min"] == min(samples) and lat["max"] == max(samples)
+        assert lat["mean"] == pytest.approx(statistics.fmean(samples), rel=1e-12)
+        assert lat["median"] == pytest.approx(statistics.median(samples), rel=1e-12)
+        assert lat["p90"] == pytest.approx(_linear_percentile(samples, 90), rel=1e-12)
+        assert lat["stdev"] == pytest.approx(statistics.pstdev(samples), rel=1e-9)
+        assert row["throughput"]["images_per_second"] == pytest.approx(2 * 1000 / statistics.fmean(samples))
+        assert row["throughput"]["qps"] == pytest.approx(1000 / statistics.fmean(samples))
+        assert sum(samples) / 1000 <= row["wall_seconds"]
+        assert f"mean = {lat['mean']:.4f} ms" in out and f"percentile(99%) = {lat['p99']:.4f} ms" in out
     assert report["batch"] == 2 and report["shape"] == [32, 48] and report["padded_columns"] == 24
-    assert report["inputs"] == {"images": {"shape": [2, 3, 32, 48], "dtype": "float32"},
-                                "padding_mask": {"shape": [2, 32, 48], "dtype": "bool"}}
+    assert report["rows"][0]["inputs"] == {"images": {"shape": [2, 3, 32, 48], "dtype": "float32"},
+                                           "padding_mask": {"shape": [2, 32, 48], "dtype": "bool"}}
     assert report["backend"] == "onnxruntime" and report["providers"] == ["CPUExecutionProvider"]
     assert report["threads"] == 1 and report["backend_version"] and report["cpu"]
-    assert "=== Performance summary ===" in out and "Throughput: " in out and "qps" in out
-    assert f"mean = {lat['mean']:.4f} ms" in out and f"percentile(99%) = {lat['p99']:.4f} ms" in out
+    assert "=== Performance summary" in out and "Throughput: " in out and "qps" in out
+
+
+def test_query_sparse_pair_gives_a_row_per_graph_and_one_for_the_whole_model(models, tmp_path, monkeypatch, capsys):
+    calls = _counting_backends(monkeypatch)
+    detector = models["dynamic"]
+    masks = detector.with_name(mask_graph_name(detector))
+    out_json = tmp_path / "pair.json"
+    code, out, err = _bench(["--engine", str(detector), "--batch", "2", "--shape", "32x48", "--iterations", "2",
+                             "--warmup", "1", "--kept", "3", "--json", str(out_json), *ORT], capsys)
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == ["detector", "masks", "model"]
+    assert [r["files"] for r in rows] == [[str(detector)], [str(masks)], [str(detector), str(masks)]]
+    assert [r["whole_model"] for r in rows] == [False, False, True] and report["whole_model_row"] == "model"
+    assert report["layout"] == "query-sparse pair" and report["kept_per_image"] == 3
+    assert "WHOLE MODEL" in rows[2]["role"] and "alone" in rows[0]["role"] and "alone" in rows[1]["role"]
+    # the mask row is fed the detector's outputs for 3 kept queries in each of the 2 images
+    assert set(rows[1]["inputs"]) == set(MASK_GRAPH_INPUTS)
+    assert rows[1]["inputs"][HS_KEPT]["shape"][0] == 2 * 3 and rows[1]["inputs"][IMAGE_INDEX]["shape"] == [6]
+    assert set(rows[0]["inputs"]) == set(rows[2]["inputs"]) == set(MODEL_INPUTS)
+    # detector: 3 calls in its row, 1 for the mask row's inputs, 3 in the whole model's; masks: 3 in its row, 3 in the
+    # whole model's, every one of them on the 6 kept queries
+    assert len(calls[detector.name]) == 3 + 1 + 3 and len(calls[masks.name]) == 3 + 3
+    assert all(c["images"] == (2, 3, 32, 48) for c in calls[detector.name])
+    assert all(c[HS_KEPT][0] == 6 and c[IMAGE_INDEX] == (6,) for c in calls[masks.name])
+    for row in rows:
+        assert f"=== Performance summary: {row['name']} (" in out
+    assert f"model ({detector.name} + {masks.name}): THE WHOLE MODEL" in out
+    assert out.index("summary: detector") < out.index("summary: masks") < out.index("summary: model")
+
+
+def test_single_graph_gives_one_whole_model_row(models, tmp_path, monkeypatch, capsys):
+    calls = _counting_backends(monkeypatch)
+    out_json = tmp_path / "full.json"
+    code, out, err = _bench(["--engine", str(models["full"]), "--shape", "32x32", "--iterations", "2", "--warmup", "1",
+                             "--json", str(out_json), *ORT], capsys)
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    [row] = report["rows"]
+    assert row["name"] == "model" and row["whole_model"] and row["files"] == [str(models["full"])]
+    assert report["layout"] == "single graph" and list(calls) == [models["full"].name]
+    assert len(calls[models["full"].name]) == 1 + 2
+    assert report["kept_per_image"] == 1 and "20%" in report["kept_source"]  # 20% of 4 queries, at least one
+    assert "THE WHOLE MODEL" in out and out.count("=== Performance summary") == 1
+
+
+def test_kept_default_and_bounds(tmp_path, models, capsys):
+    info = _stub_info(StubBackend(tmp_path / "stub.onnx"))
+    assert bench.resolve_kept(dataclasses.replace(info, num_queries=100), None)[0] == 20
+    assert bench.resolve_kept(info, None)[0] == 1 and bench.resolve_kept(info, 4) == (4, "--kept")
+    code, out, err = _bench(["--engine", str(models["dynamic"]), "--kept", "5", *ORT], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert str(models["dynamic"]) in err and "--kept 5" in err and "4 queries" in err
+
+
+def test_top_queries_keeps_the_most_confident_objects_whatever_their_score():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(10, 6)).astype(np.float32)
+    logits[2, -1] = 20.0  # "no object" wins this query, yet its best object class still counts
+    keep, scores, labels = bench.top_queries(4)(logits, np.zeros((10, 4), np.float32))
+    # reference, written out: softmax per query in float64, best class other than the last, top 4 by that
+    probs = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits.astype(np.float64).tolist()]
+    best = [max(range(5), key=lambda c, p=p: p[c]) for p in probs]
+    order = sorted(range(10), key=lambda q: -probs[q][best[q]])[:4]
+    assert keep.tolist() == sorted(order)
+    assert labels.tolist() == [best[q] for q in sorted(order)]
+    np.testing.assert_allclose(scores, [probs[q][best[q]] for q in sorted(order)], rtol=1e-12)
+
+
+def test_threads_with_tensorrt_warn_in_bench_and_infer_alike(tmp_path, capsys):
+    from runtime.commands import bench_cmd, infer_cmd
+
+    plan = str(tmp_path / "m.plan")
+    for command, argv in ((bench_cmd, ["--engine", plan]),
+                          (infer_cmd, ["--engine", plan, "--input", "x.jpg", "--output", "out"])):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        args = parser.parse_args([*argv, "--threads", "3"])
+        capsys.readouterr()
+        options = (bench_cmd.backend_options if command is bench_cmd else infer_cmd._backend_options)(args)
+        err = capsys.readouterr().err
+        assert "intra_op_threads" not in options
+        assert err == f"{command.PROG}: warning: --threads applies to ONNX Runtime only; ignored for TensorRT\n"
 
 
 @pytest.mark.parametrize("argv", [
@@ -373,4 +493,4 @@ def test_bench_runs_without_torch(models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "LEAN-OK" in proc.stdout and "Throughput: " in proc.stdout
     report = json.loads(out_json.read_text())
-    assert len(report["samples_ms"]) == 3 and report["shape"] == [32, 32]
+    assert [len(row["samples_ms"]) for row in report["rows"]] == [3, 3, 3] and report["shape"] == [32, 32]

@@ -29,11 +29,13 @@ from runtime.categories import categories_from_json, categories_to_json
 from runtime.cli import main
 from runtime.commands import infer_cmd
 from runtime.errors import PansegError
-from runtime.infer import InferOptions, Pipeline, collect_inputs, infer
+from runtime.infer import infer
+from runtime.inputs import collect_inputs
 from runtime.model import EngineShape, check_engine
 from runtime.model_info import parse_model_info
 from runtime.outputs import OutputDir, PredictionsFile
 from runtime.panoptic_format import read_panoptic_png, segment_stats, validate_annotation, write_panoptic_png
+from runtime.pipeline import InferOptions, Pipeline
 from runtime.postprocess import PanopticResult
 from train.checkpoint import save_checkpoint
 from train.datasets import build_dataset, build_transforms, collate_fn, pad_images, scaled_transform_options
@@ -233,6 +235,52 @@ def test_bad_images_are_reported_by_name_and_skipped(model, dataset, work, capsy
     assert sorted(a["image_id"] for a in _predictions(out)["annotations"]) == sorted(p.stem for p in good)
     failures = json.loads((out / "failures.json").read_text())
     assert sorted(Path(f["input"]).name for f in failures) == sorted(bad)
+
+
+def test_summary_says_what_was_written_when_images_fail(model, work, capsys):
+    folder = work / "one_bad"
+    folder.mkdir()
+    good = _save_crop(folder / "good.png", 0, 64, 64)
+    (folder / "empty.jpg").write_bytes(b"")
+    for inputs, written in (([folder / "empty.jpg"], 0), ([good, folder / "empty.jpg"], 1)):
+        out = work / f"one_bad_run{written}"
+        capsys.readouterr()
+        code = main(["infer", "--engine", str(model), "--input", *map(str, inputs), "--output", str(out),
+                     "--no-progress", *SIZE_ARGS, *THREADS])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert captured.out.splitlines()[-1] == (f"wrote {out / 'predictions.json'} ({written} images) and "
+                                                 f"{out / 'failures.json'} (1 failed); timings in timings.json")
+        assert len(_predictions(out)["annotations"]) == written
+        assert [Path(f["input"]).name for f in json.loads((out / "failures.json").read_text())] == ["empty.jpg"]
+    code = main(["infer", "--engine", str(model), "--input", str(good), "--output", str(work / "all_good"),
+                 "--no-progress", *SIZE_ARGS, *THREADS])
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (f"wrote {work / 'all_good' / 'predictions.json'} (1 images); "
+                                                        "timings in timings.json")
+
+
+def test_engine_and_output_names_are_checked_once_per_run(model, work, monkeypatch):
+    from runtime import infer as infer_module
+    from runtime import inputs as inputs_module
+    from runtime import model as model_module
+
+    counts = {"check_engine": 0, "check_unique_outputs": 0}
+
+    def counting(real, name):
+        def counted(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    for module, name in ((model_module, "check_engine"), (infer_module, "check_unique_outputs"),
+                         (inputs_module, "check_unique_outputs")):
+        monkeypatch.setattr(module, name, counting(getattr(module, name), name))
+    images = [_save_crop(work / f"once{k}.png", k, 64, 64) for k in range(3)]
+    report = _infer(model, images, work / "once_run", batch_size=2)
+    assert report.done == 3 and not report.failures
+    assert counts == {"check_engine": 1, "check_unique_outputs": 1}
 
 
 def test_inputs_are_files_folders_and_globs(tmp_path):

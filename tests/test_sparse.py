@@ -26,8 +26,9 @@ from runtime.backends import OnnxRuntimeBackend
 from runtime.categories import categories_to_json
 from runtime.contract import DETECTOR_OUTPUTS, PER_IMAGE_INPUTS
 from runtime.errors import PansegError
-from runtime.infer import InferOptions, infer
+from runtime.infer import infer
 from runtime.panoptic_format import read_panoptic_png
+from runtime.pipeline import InferOptions
 from runtime.postprocess import postprocess_panoptic, segment_kept
 from runtime.preprocess import pad_batch, preprocess
 from runtime.sparse import run_query_sparse

@@ -1,4 +1,5 @@
-"""`panseg-rt bench`: engine-only latency of an exported model (ONNX Runtime or TensorRT), trtexec-style.
+"""`panseg-rt bench`: latency of an exported model (ONNX Runtime or TensorRT), trtexec-style, a row per graph of a
+query-sparse pair and one for the whole model.
 
 Numbers are checked here rather than by argparse types, so that a bad value is one line and exit 1 like any other
 bad input. The timing method is described in runtime/bench.py.
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import atomic_write_json
-from runtime.backends import add_backend_arguments, backend_name_for, backend_options_from_args
-from runtime.bench import BenchOptions, bench_engine
+from runtime.backends import add_backend_arguments
+from runtime.bench import DEFAULT_KEPT_FRACTION, BenchOptions, bench_engine
+from runtime.commands.threads_option import backend_options_with_threads
 from runtime.errors import PansegError
 
 PROG = "panseg-rt bench"
@@ -24,9 +26,10 @@ _SHAPE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchOptions()
     parser.add_argument("--engine", required=True, metavar="MODEL",
-                        help="exported model: .onnx (ONNX Runtime) or .plan/.engine (TensorRT, metadata in MODEL.json)")
+                        help="exported model: .onnx (ONNX Runtime) or .plan/.engine (TensorRT, metadata in "
+                             "MODEL.json); a query-sparse detector's mask graph is loaded and timed too")
     parser.add_argument("--batch", type=int, default=None, metavar="N",
-                        help="images per engine call (default: the engine's fixed batch, the TensorRT profile's opt "
+                        help="images per model call (default: the engine's fixed batch, the TensorRT profile's opt "
                              "batch, else 1)")
     parser.add_argument("--shape", default=None, metavar="HxW",
                         help="input height x width (default: the engine's fixed size, the TensorRT profile's opt "
@@ -43,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime threads per operator (default: one per physical core)")
     parser.add_argument("--padding-fraction", type=float, default=defaults.padding_fraction, metavar="F",
                         help="mark the right F of each image as padding in the padding mask (default 0: none)")
+    parser.add_argument("--kept", type=int, default=None, metavar="N",
+                        help="queries kept per image, whose masks the mask graph computes (default: "
+                             f"{DEFAULT_KEPT_FRACTION:.0%} of the model's queries, 20 of detr's 100; random inputs do "
+                             "not pass a trained model's threshold, so the best N are kept whatever their score)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random input images")
     parser.add_argument("--json", metavar="OUT", help="also write every number and the raw samples here (atomically)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,25 +67,14 @@ def parse_shape(text: str | None) -> tuple[int, int] | None:
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """``add_backend_arguments`` options plus --threads (ONNX Runtime only)."""
-    options = backend_options_from_args(args.engine, args)
-    if args.threads is None:
-        return options
-    if args.threads < 1:
-        raise PansegError(f"--threads must be a positive integer, got {args.threads}")
-    if backend_name_for(args.engine, args.backend) != "onnxruntime":
-        print(f"{PROG}: warning: --threads applies to ONNX Runtime only; ignored for TensorRT", file=sys.stderr)
-        return options
-    if args.intra_op_threads is not None and args.intra_op_threads != args.threads:
-        raise PansegError(f"--threads {args.threads} and --intra-op-threads {args.intra_op_threads} disagree; "
-                          "give one of them")
-    options["intra_op_threads"] = args.threads
-    return options
+    return backend_options_with_threads(args, PROG)
 
 
 def run(args: argparse.Namespace) -> int:
     options = BenchOptions(batch=args.batch, shape=parse_shape(args.shape), iterations=args.iterations,
                            warmup=args.warmup, warmup_seconds=args.warmup_seconds, duration=args.duration,
-                           seed=args.seed, padding_fraction=args.padding_fraction, progress=not args.no_progress)
+                           seed=args.seed, padding_fraction=args.padding_fraction, kept=args.kept,
+                           progress=not args.no_progress)
     options.check()
     if args.json and Path(args.json).is_dir():
         raise PansegError(f"{args.json}: is a directory; --json needs a file name")

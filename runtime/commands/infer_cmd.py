@@ -7,10 +7,12 @@ import sys
 
 from tqdm import tqdm
 
-from runtime.backends import add_backend_arguments, backend_name_for, backend_options_from_args
-from runtime.errors import PansegError
-from runtime.infer import Failure, InferOptions, infer
-from runtime.outputs import FAILURES_FILE, TIMINGS_FILE
+from runtime.backends import add_backend_arguments
+from runtime.commands.threads_option import backend_options_with_threads
+from runtime.infer import infer
+from runtime.inputs import Failure
+from runtime.outputs import FAILURES_FILE
+from runtime.pipeline import InferOptions
 from runtime.subcommands import positive_int
 
 PROG = "panseg-rt infer"
@@ -47,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "boxes and scores over the photo")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="threads per operator of the engine (ONNX Runtime intra-op threads; default: one per "
-                             "physical core); preprocessing of the next batch runs in one more thread")
+                             "physical core; ignored with a warning for TensorRT); preprocessing of the next batch "
+                             "runs in one more thread")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every image; by default a rerun skips the images already finished in DIR with "
                              "the same model and settings")
@@ -69,14 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
-    options = backend_options_from_args(args.engine, args)
-    if args.threads is not None:
-        if args.intra_op_threads is not None and args.intra_op_threads != args.threads:
-            raise PansegError(f"--threads {args.threads} and --intra-op-threads {args.intra_op_threads} disagree; "
-                              "give one of them")
-        if backend_name_for(args.engine, args.backend) == "onnxruntime":
-            options["intra_op_threads"] = args.threads
-    return options
+    return backend_options_with_threads(args, PROG)
 
 
 def _report_failure(failure: Failure) -> None:
@@ -93,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     report = infer(args.engine, args.input, args.output, options, coco_json=args.coco_json, backend=args.backend,
                    backend_options=_backend_options(args), on_failure=_report_failure)
     print(f"{PROG}: {report.summary_line()}")
-    print(f"wrote {report.predictions} ({report.done + report.skipped} images; timings in {TIMINGS_FILE})")
+    print(report.written_line())
     if report.failures:
         print(f"{PROG}: {len(report.failures)} of {report.total} images failed (listed above and in "
               f"{FAILURES_FILE})", file=sys.stderr)
