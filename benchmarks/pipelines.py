@@ -7,7 +7,7 @@ measured around all three, separately from the stages, so the report can show th
 - ``eager``: what a detr user runs: PIL decode, torchvision's functional resize/to_tensor/normalize in detr's eval
   transform (train.datasets.transforms), detr's padding, ``model(images, mask)`` under ``torch.inference_mode``, and
   detr's own PostProcessPanoptic code (benchmarks/detr_original.py, stopping at the id image like the runtime's
-  stage). Untimed, the same outputs also go through :class:`train.postprocess.PostProcessPanoptic`, panseg's
+  stage). Untimed, the same outputs also go through :class:`benchmarks.torch_postprocess.PostProcessPanoptic`, panseg's
   vectorized torch port of it: its results (which fix detr's padded-batch behaviour) are the agreement reference,
   and its time is reported as a second, stronger PyTorch baseline (``side_seconds["postprocess_torch_port"]``).
 - the runtime runners: exactly what ``panseg-rt infer`` runs (runtime.infer.Pipeline: runtime.preprocess, the backend
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from benchmarks import detr_original
+from benchmarks.torch_postprocess import PostProcessPanoptic
 from runtime.backends import select_backend
 from runtime.errors import PansegError
 from runtime.infer import InferOptions, Pipeline, check_engine
@@ -48,7 +49,6 @@ from runtime.sparse import mask_graph_path
 from train.datasets.coco import open_rgb
 from train.datasets.collate import pad_images
 from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
-from train.postprocess import PostProcessPanoptic
 
 STAGES = ("preprocess", "engine", "postprocess")
 

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.torch_postprocess import PostProcess, PostProcessPanoptic
 from runtime.categories import Category
 from runtime.errors import PansegError
 from runtime.panoptic_format import id2rgb, rgb2id, segment_stats, validate_annotation
@@ -29,7 +30,6 @@ from runtime.postprocess import (
     postprocess_panoptic,
     softmax,
 )
-from train.postprocess import PostProcess, PostProcessPanoptic
 
 CATEGORIES = {
     0: Category(0, "person", True),
