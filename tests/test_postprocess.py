@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from detr_reference import decode_png, post_process_boxes, post_process_panoptic
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.detr_reference import decode_png, post_process_boxes, post_process_panoptic
 from benchmarks.torch_postprocess import PostProcess, PostProcessPanoptic
 from runtime.categories import Category
 from runtime.errors import PansegError
