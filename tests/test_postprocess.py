@@ -23,13 +23,13 @@ from runtime.categories import Category
 from runtime.errors import PansegError
 from runtime.panoptic_format import id2rgb, rgb2id, segment_stats, validate_annotation
 from runtime.postprocess import (
-    bilinear_taps,
     is_thing_map,
     nearest_taps,
     postprocess_boxes,
     postprocess_panoptic,
     softmax,
 )
+from runtime.upsample import bilinear_taps
 
 CATEGORIES = {
     0: Category(0, "person", True),
