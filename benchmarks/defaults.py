@@ -29,12 +29,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from benchmarks.detr_reference import detr_eval_batch
 from runtime.categories import categories_to_json
 from runtime.coco_categories import coco_panoptic_categories
 from runtime.postprocess import DEFAULT_THRESHOLD, select_queries
 from train.checkpoint import save_checkpoint
-from train.datasets.collate import pad_images
-from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
 from train.models import DETRConfig, build_model
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -70,9 +69,8 @@ def write_default_photos(folder: str | Path, names: Sequence[str] = SKIMAGE_PHOT
 
 
 def _eval_batch(paths: Sequence[Path], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    transform = Compose([RandomResize([size], max_size=round(size * 1333 / 800)), ToTensor(), Normalize()])
-    tensors = [transform(Image.open(p).convert("RGB"), None)[0] for p in paths]
-    return pad_images(tensors)
+    images, mask, _ = detr_eval_batch([Image.open(p).convert("RGB") for p in paths], size, round(size * 1333 / 800))
+    return images, mask
 
 
 def _standardized_direction(hs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

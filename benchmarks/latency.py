@@ -30,6 +30,7 @@ import torch
 
 from benchmarks import defaults, hardware
 from benchmarks.agreement import agreement
+from benchmarks.detr_reference import detr_eval_batch
 from benchmarks.flops import STAGE_DESCRIPTIONS, count_call_flops, kept_queries
 from benchmarks.interleave import image_groups, run_interleaved
 from benchmarks.pipelines import (
@@ -48,8 +49,6 @@ from runtime.contract import IMAGE_EXTENSIONS
 from runtime.errors import PansegError
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.postprocess import DEFAULT_THRESHOLD
-from train.datasets.collate import pad_images
-from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
 
 VERIFY_MAX_IMAGES = 2
 SPARSE_EXPORT_NAME = "model.onnx"  # + model.masks.onnx
@@ -147,10 +146,11 @@ def resize_settings(args: argparse.Namespace, loaded: LoadedCheckpoint, info: Mo
 
 
 def eager_batch(paths: list[Path], settings: ResizeSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    transform = Compose([RandomResize([settings.size], max_size=settings.max_size), ToTensor(), Normalize()])
+    """detr's eval transform and padding of ``paths`` (eager's preprocessing), e.g. for counting FLOPs."""
     from train.datasets.coco import open_rgb
 
-    return pad_images([transform(open_rgb(p), None)[0] for p in paths])
+    images, mask, _ = detr_eval_batch([open_rgb(p) for p in paths], settings.size, settings.max_size)
+    return images, mask
 
 
 def _export(checkpoint: Path, path: Path, photos: list[Path], full: bool, quiet: bool) -> float:

@@ -4,10 +4,10 @@ Every runner does the whole job a user's program does for a batch of photos: dec
 ("preprocess"), the model ("engine"), and the panoptic merge at the original size ("postprocess"); the timed total is
 measured around all three, separately from the stages, so the report can show that they add up.
 
-- ``eager``: what a detr user runs: PIL decode, torchvision's functional resize/to_tensor/normalize in detr's eval
-  transform (train.datasets.transforms), detr's padding, ``model(images, mask)`` under ``torch.inference_mode``, and
-  detr's own PostProcessPanoptic code (benchmarks/detr_original.py, stopping at the id image like the runtime's
-  stage). Untimed, the same outputs also go through :class:`train.postprocess.PostProcessPanoptic`, panseg's
+- ``eager``: what a detr user runs, in detr's own code (benchmarks/detr_reference.py): PIL decode, detr's eval
+  transform (torchvision's functional resize/to_tensor/normalize) and padding, ``model(images, mask)`` under
+  ``torch.inference_mode``, and detr's PostProcessPanoptic (stopping at the id image like the runtime's stage).
+  Untimed, the same outputs also go through :class:`benchmarks.torch_postprocess.PostProcessPanoptic`, panseg's
   vectorized torch port of it: its results (which fix detr's padded-batch behaviour) are the agreement reference,
   and its time is reported as a second, stronger PyTorch baseline (``side_seconds["postprocess_torch_port"]``).
 - the runtime runners: exactly what ``panseg-rt infer`` runs: ``runtime.model.load_model`` (the graph, or the
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import detr_original
+from benchmarks import detr_reference
+from benchmarks.torch_postprocess import PostProcessPanoptic
 from runtime.errors import PansegError
 from runtime.model import load_model
 from runtime.model_info import ModelInfo
@@ -46,9 +47,6 @@ from runtime.outputs import ImageJob
 from runtime.pipeline import InferOptions, Pipeline
 from runtime.postprocess import PanopticResult
 from train.datasets.coco import open_rgb
-from train.datasets.collate import pad_images
-from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
-from train.postprocess import PostProcessPanoptic
 
 STAGES = ("preprocess", "engine", "postprocess")
 
@@ -104,7 +102,7 @@ class EagerPipeline:
     def __init__(self, model: nn.Module, is_thing: dict[int, bool], settings: ResizeSettings, mask_stride: int
                  ) -> None:
         self.model = model.eval()
-        self.transform = Compose([RandomResize([settings.size], max_size=settings.max_size), ToTensor(), Normalize()])
+        self.size, self.max_size = settings.size, settings.max_size
         self.is_thing = is_thing
         self.threshold = settings.threshold
         self.torch_port = PostProcessPanoptic(is_thing, threshold=settings.threshold, mask_stride=mask_stride)
@@ -113,22 +111,20 @@ class EagerPipeline:
     def __call__(self, paths: Sequence[Path]) -> CallResult:
         clock = _StageClock()
         pictures = [open_rgb(p) for p in paths]
-        tensors = [self.transform(picture, None)[0] for picture in pictures]
-        images, mask = pad_images(tensors)
-        processed = [tuple(t.shape[-2:]) for t in tensors]
+        images, mask, processed = detr_reference.detr_eval_batch(pictures, self.size, self.max_size)
         originals = [(p.height, p.width) for p in pictures]
         clock.lap("preprocess")
         with torch.inference_mode():
             outputs = self.model(images, mask)
         clock.lap("engine")
-        detr_predictions = detr_original.post_process_panoptic(outputs, processed, originals, self.is_thing,
-                                                               self.threshold, encode_png=False)
+        detr_predictions = detr_reference.post_process_panoptic(outputs, processed, originals, self.is_thing,
+                                                                self.threshold, encode_png=False)
         clock.lap("postprocess")
         total = sum(clock.stages.values())
         started = time.perf_counter()
         results = self.torch_port(outputs, processed, originals)
         port_seconds = time.perf_counter() - started
-        detr_results = [detr_original.to_panoptic_result(p) for p in detr_predictions]
+        detr_results = [detr_reference.to_panoptic_result(p) for p in detr_predictions]
         self.logits[batch_key(paths)] = outputs["pred_logits"]
         return CallResult(total, clock.stages, results, clock.started, {"postprocess_torch_port": port_seconds},
                           {"detr_original": detr_results}, time.perf_counter() - clock.started - total)

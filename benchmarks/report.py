@@ -134,8 +134,9 @@ def _postprocess_section(report: Mapping[str, Any]) -> list[str]:
     rows = report["results"]
     out = ["## Post-processing (mask upsampling + panoptic merge at the original size), ms per call", "",
            "Two PyTorch baselines on eager's own outputs in the same calls: detr's PostProcessPanoptic as published "
-           "(benchmarks/detr_original.py; eager's postprocess stage; PNG encoding left out, as in every backend's "
-           "stage) and panseg's vectorized torch port of it (train/postprocess.py; timed outside eager's total).", ""]
+           "(benchmarks/detr_reference.py; eager's postprocess stage; PNG encoding left out, as in every backend's "
+           "stage) and panseg's vectorized torch port of it (benchmarks/torch_postprocess.py; timed outside eager's "
+           "total).", ""]
     for batch, b in report.get("postprocess_baselines", {}).items():
         check = b["agreement"]
         out += [f"- batch {batch}: detr's published code {_ms(b['detr_original_ms'])} ms, torch port "

@@ -28,7 +28,7 @@ queries as the last axis, on a few threads (runtime/upsample.py); areas are coun
 number of original pixels each sample becomes; after a query is dropped only the pixels it owned are recomputed.
 The argmax is taken over the logits instead of detr's softmax of them (softmax is monotonic; the
 two differ only where two logits are within float rounding of each other and detr's softmax rounds them to a tie;
-train/postprocess.py with ``detr_compat=True`` reproduces even that).
+the PyTorch port benchmarks/torch_postprocess.py with ``detr_compat=True`` reproduces even that).
 
 Option ``merge_stuff=True``: stuff queries of one category are merged in every pass (their pixels are united into
 one segment, scored with the best of them) instead of detr's behaviour of dropping all but the first.
@@ -48,7 +48,6 @@ from PIL import Image
 from runtime.categories import Category
 from runtime.errors import PansegError
 from runtime.upsample import SampledBilinear
-from runtime.upsample import bilinear_taps as bilinear_taps  # re-exported: it lived here before
 
 DEFAULT_THRESHOLD = 0.85
 MASK_STRIDE = 4  # the mask head's output stride (ResNet layer1 = ceil(H / 4))

@@ -19,6 +19,7 @@ from test_runtime_lean import run_without_torch
 from tiny_models import separable as _separable
 from torch.utils.data import DataLoader
 
+from benchmarks.torch_postprocess import PostProcessPanoptic
 from export.onnx import export_checkpoint
 from export.onnx.loading import load_for_export
 from export.onnx.verify import compare_panoptic
@@ -42,7 +43,6 @@ from train.datasets import build_dataset, build_transforms, collate_fn, pad_imag
 from train.evaluate import evaluate
 from train.models import DETRConfig, build_model
 from train.models.criterion import build_criterion
-from train.postprocess import PostProcessPanoptic
 from train.prepare.synthetic import categories as synthetic_categories
 from train.prepare.synthetic import generate_dataset, generate_sample
 
@@ -168,7 +168,8 @@ def test_outputs_follow_the_documented_layout_and_validate_against_the_pngs(coco
 
 
 def test_pq_and_segments_equal_the_pytorch_pipeline(coco_run, dataset, eager, work, capsys):
-    """train/evaluate.py (eager model + PostProcessPanoptic + runtime.pq) and infer + eval agree."""
+    """train/evaluate.py (eager model + the runtime's post-processing + runtime.pq) and infer + eval agree; image by
+    image also with the vectorized torch port (benchmarks/torch_postprocess.py) on the eager outputs."""
     images, gt_json, gt_folder = _val(dataset)
     val_set = build_dataset("val", "coco_panoptic", dataset, dataset, masks=True,
                             **scaled_transform_options(EVAL_SIZE))

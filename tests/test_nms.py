@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou
 
+from benchmarks.torch_postprocess import PostProcessPanoptic
 from runtime.postprocess import (
     box_cxcywh_to_xyxy,
     pairwise_iou,
@@ -14,7 +15,6 @@ from runtime.postprocess import (
     select_queries,
     suppress_duplicate_things,
 )
-from train.postprocess import PostProcessPanoptic
 
 IS_THING = {0: True, 1: True, 2: False, 3: False}
 NO_OBJECT = 4

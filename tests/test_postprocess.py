@@ -13,23 +13,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from detr_reference import decode_png, post_process_boxes, post_process_panoptic
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.detr_reference import decode_png, post_process_boxes, post_process_panoptic
+from benchmarks.torch_postprocess import PostProcess, PostProcessPanoptic
 from runtime.categories import Category
 from runtime.errors import PansegError
 from runtime.panoptic_format import id2rgb, rgb2id, segment_stats, validate_annotation
 from runtime.postprocess import (
-    bilinear_taps,
     is_thing_map,
     nearest_taps,
     postprocess_boxes,
     postprocess_panoptic,
     softmax,
 )
-from train.postprocess import PostProcess, PostProcessPanoptic
+from runtime.upsample import bilinear_taps
 
 CATEGORIES = {
     0: Category(0, "person", True),

@@ -6,11 +6,16 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from detr_reference import detr_eval_transform, get_size_with_aspect_ratio, nested_tensor_from_tensor_list
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.detr_reference import (
+    detr_eval_batch,
+    detr_eval_transform,
+    get_size_with_aspect_ratio,
+    nested_tensor_from_tensor_list,
+)
 from runtime.errors import PansegError
 from runtime.preprocess import (
     load_and_preprocess,
@@ -21,6 +26,8 @@ from runtime.preprocess import (
     target_size,
     to_rgb,
 )
+from train.datasets.collate import pad_images
+from train.datasets.transforms import Compose, Normalize, RandomResize, ToTensor
 
 
 def random_rgb(rng, width, height):
@@ -309,3 +316,15 @@ def test_plan_batches_example():
     assert plan_batches(sizes, 2) == [[0, 2], [1, 4], [5, 3]]
     with pytest.raises(ValueError):
         plan_batches(sizes, 0)
+
+
+def test_detr_eval_batch_equals_the_training_eval_transform_and_padding():
+    # the benchmark's eager preprocessing (detr's code) gives the very tensors training's eval transform gave it before
+    rng = np.random.default_rng(11)
+    pictures = [random_rgb(rng, 50, 37), random_rgb(rng, 41, 90), random_rgb(rng, 33, 33)]
+    images, mask, processed = detr_eval_batch(pictures, 32, 53)
+    transform = Compose([RandomResize([32], max_size=53), ToTensor(), Normalize()])
+    tensors = [transform(picture, None)[0] for picture in pictures]
+    ref_images, ref_mask = pad_images(tensors)
+    assert torch.equal(images, ref_images) and torch.equal(mask, ref_mask) and bool(mask.any())
+    assert processed == [tuple(t.shape[-2:]) for t in tensors] == [(32, 43), (52, 24), (32, 32)]

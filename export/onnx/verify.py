@@ -9,10 +9,9 @@ Checks, in order:
   traced at another batch size and input size. Both engines get the very same padded batch, so any difference is
   the export's. Per output: max absolute error and error relative to the output's scale (max|ref|); an output
   passes when ``max_abs <= atol + rtol * max|ref|``.
-* The final panoptic segmentation: torch post-processing (train/postprocess.py) on the eager outputs vs the numpy
-  runtime's (runtime/postprocess.py) on the ONNX Runtime outputs, i.e. the training evaluation path vs the
-  deployment path; per image the fraction of pixels in the same segment, and whether the segments are the same
-  (one-to-one, same categories).
+* The final panoptic segmentation: the numpy runtime's post-processing (runtime/postprocess.py) on the eager outputs
+  vs on the ONNX Runtime outputs, i.e. the training evaluation path vs the deployment path; per image the fraction
+  of pixels in the same segment, and whether the segments are the same (one-to-one, same categories).
 
 A query-sparse export (detector + mask graph, :func:`verify_sparse`) runs the runtime's own two-graph pipeline
 (runtime/sparse.py) on ONNX Runtime against the *full* eager model: per image the kept queries must be the same
@@ -353,8 +352,6 @@ def _session(model_bytes: bytes):
 
 def run_batch(batch: Batch, wrapper: FullModel, session, is_thing: Mapping[int, bool], tol: Tolerances,
               threshold: float) -> Run:
-    from train.postprocess import PostProcessPanoptic
-
     names = list(wrapper.output_names)
     started = time.perf_counter()
     with torch.no_grad():
@@ -367,8 +364,9 @@ def run_batch(batch: Batch, wrapper: FullModel, session, is_thing: Mapping[int, 
     errors = {n: output_error(g, r, tol.atol(n), tol.rtol) for n, g, r in zip(names, got, eager, strict=True)}
     run = Run(batch.case, list(batch.images.shape), batch.names, errors, eager_ms=eager_ms, onnxruntime_ms=ort_ms)
     if "pred_masks" in names:
-        outputs = dict(zip(names, eager_t, strict=True))
-        ref = PostProcessPanoptic(is_thing, threshold=threshold)(outputs, batch.processed, batch.originals)
+        outputs = dict(zip(names, eager, strict=True))
+        ref = postprocess_panoptic(outputs["pred_logits"], outputs["pred_masks"], batch.processed, batch.originals,
+                                   is_thing, threshold=threshold)
         ours = postprocess_panoptic(got[0], got[2], batch.processed, batch.originals, is_thing, threshold=threshold)
         for r, o in zip(ref, ours, strict=True):
             agreement, same = compare_panoptic(r, o)
@@ -391,8 +389,6 @@ def _runner(session) -> Any:
 def run_sparse_batch(batch: Batch, wrapper: FullModel, detector_session, mask_session, is_thing: Mapping[int, bool],
                      tol: Tolerances, threshold: float) -> Run:
     """The full eager model vs the query-sparse pipeline on ONNX Runtime, on the same padded batch."""
-    from train.postprocess import PostProcessPanoptic
-
     started = time.perf_counter()
     with torch.no_grad():
         eager_t = wrapper(torch.from_numpy(batch.images), torch.from_numpy(batch.mask))
@@ -417,8 +413,7 @@ def run_sparse_batch(batch: Batch, wrapper: FullModel, detector_session, mask_se
         errors["pred_masks"] = OutputError(float("inf"), float("inf"), 0.0, False)
     run = Run(batch.case, list(batch.images.shape), batch.names, errors, eager_ms=eager_ms, onnxruntime_ms=ort_ms,
               kept=[int(k.size) for k in eager_keep], same_kept=same_kept)
-    eager_outputs = dict(zip(("pred_logits", "pred_boxes", "pred_masks"), eager_t, strict=True))
-    ref_results = PostProcessPanoptic(is_thing, threshold=threshold)(eager_outputs, batch.processed, batch.originals)
+    ref_results = postprocess_panoptic(logits, masks, batch.processed, batch.originals, is_thing, threshold=threshold)
     ours = [segment_kept(kept, size, original, is_thing)
             for kept, size, original in zip(sparse.kept, batch.processed, batch.originals, strict=True)]
     for r, o in zip(ref_results, ours, strict=True):

@@ -69,7 +69,3 @@ class HungarianMatcher(nn.Module):
             indices.append((torch.as_tensor(rows.astype(np.int64)), torch.as_tensor(cols.astype(np.int64))))
         return indices
 
-
-def build_matcher(cost_class: float = 1, cost_bbox: float = 5, cost_giou: float = 2) -> HungarianMatcher:
-    """DETR's default matcher weights (set_cost_class=1, set_cost_bbox=5, set_cost_giou=2)."""
-    return HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou)

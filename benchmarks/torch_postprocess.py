@@ -1,12 +1,16 @@
-"""detr's post-processing in PyTorch: ``PostProcessPanoptic`` (panoptic id maps) and ``PostProcess`` (boxes).
+"""panseg's vectorized PyTorch port of detr's post-processing: ``PostProcessPanoptic`` and ``PostProcess`` (boxes).
+
+Why it exists: the latency benchmark times it as a second, stronger PyTorch baseline next to detr's published code
+(benchmarks/detr_reference.py), on eager's own outputs. Training evaluates with the runtime's numpy
+post-processing (runtime/postprocess.py), not with this.
 
 Same semantics as detr's models/segmentation.py PostProcessPanoptic (see runtime/postprocess.py for the steps and
 the two fixes: segment ids from 1, masks cropped to the image's region of a padded batch). ``detr_compat=True``
 reproduces detr exactly, including its pixel assignment by argmax of the softmax over queries; by default the
 argmax is taken over the logits (softmax is monotonic; only detr's rounding ties differ). Areas are counted at the
-processed pixels the final NEAREST resize samples, weighted by how many output pixels each becomes. Results are
-:class:`runtime.postprocess.PanopticResult` (numpy id map + segments_info), the type the numpy runtime returns, so
-training evaluation and deployment share the evaluation code.
+processed pixels the final NEAREST resize samples, weighted by how many output pixels each becomes; the small
+bookkeeping steps (sample grid, stuff de-duplication, boxes) are the runtime's own functions on a few numbers.
+Results are :class:`runtime.postprocess.PanopticResult` (numpy id map + segments_info), the runtime's type.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from runtime.postprocess import (
     MASK_STRIDE,
     MAX_SMALL_AREA,
     PanopticResult,
-    nearest_taps,
+    _boxes,
+    _first_of_category,
+    _sample_grid,
     suppress_duplicate_things,
     valid_mask_region,
 )
@@ -37,12 +43,6 @@ SizeLike = Sequence[int] | Tensor
 def _size(size: SizeLike) -> tuple[int, int]:
     values = size.tolist() if isinstance(size, Tensor) else list(size)
     return int(values[0]), int(values[1])
-
-
-def _sample_grid(n_processed: int, n_target: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    taps = torch.from_numpy(nearest_taps(n_processed, n_target)).to(device)
-    used, inverse, counts = torch.unique(taps, return_inverse=True, return_counts=True)
-    return used, counts, inverse
 
 
 def _argmax_first(values: Tensor, queries: list[int]) -> Tensor:
@@ -57,14 +57,6 @@ def _argmax_first(values: Tensor, queries: list[int]) -> Tensor:
         best = torch.where(better, values[q], best)
         index.masked_fill_(better, k)
     return index
-
-
-def _first_of_category(labels: Tensor, alive: Tensor, is_stuff: Tensor) -> Tensor:
-    rep = torch.arange(labels.numel(), device=labels.device)
-    first: dict[int, int] = {}
-    for q in torch.nonzero(alive & is_stuff).flatten().tolist():
-        rep[q] = first.setdefault(int(labels[q]), q)
-    return rep
 
 
 class PostProcessPanoptic(nn.Module):
@@ -147,11 +139,13 @@ class PostProcessPanoptic(nn.Module):
             raise PansegError(
                 f"predicted class ids {unknown} are not in the category table ({len(self.is_thing_map)} categories)"
             )
-        is_stuff = torch.tensor([not self.is_thing_map[c] for c in label_list], dtype=torch.bool, device=device)
+        is_stuff = np.array([not self.is_thing_map[c] for c in label_list], dtype=bool)
+        label_array = labels.cpu().numpy()
 
         upsampled = F.interpolate(masks[None].float(), size=processed_size, mode="bilinear", align_corners=False)[0]
-        rows, row_counts, row_inverse = _sample_grid(processed_size[0], target_h, device)
-        cols, col_counts, col_inverse = _sample_grid(processed_size[1], target_w, device)
+        row_grid, col_grid = _sample_grid(processed_size[0], target_h), _sample_grid(processed_size[1], target_w)
+        rows, row_counts, row_inverse = (torch.from_numpy(a).to(device) for a in row_grid)
+        cols, col_counts, col_inverse = (torch.from_numpy(a).to(device) for a in col_grid)
         weight = (row_counts[:, None] * col_counts[None, :]).flatten().to(torch.float64)
 
         def owners(alive: Tensor) -> Tensor:
@@ -169,7 +163,10 @@ class PostProcessPanoptic(nn.Module):
         identity = torch.arange(n, device=device)
         first_pass = True
         while True:
-            rep = _first_of_category(labels, alive, is_stuff) if (first_pass or self.merge_stuff) else identity
+            if first_pass or self.merge_stuff:
+                rep = torch.from_numpy(_first_of_category(label_array, alive.cpu().numpy(), is_stuff)).to(device)
+            else:
+                rep = identity
             segment = rep[owner]
             area = torch.bincount(segment.flatten(), weights=weight, minlength=n).round().to(torch.int64)
             judged = area[rep] if self.merge_stuff else area
@@ -187,7 +184,7 @@ class PostProcessPanoptic(nn.Module):
         seg_ids = torch.zeros(n, dtype=torch.int64, device=device)
         seg_ids[segment_queries] = torch.arange(segment_queries.numel(), device=device) + first_id
         id_map = seg_ids[segment][row_inverse][:, col_inverse]
-        boxes = _boxes(segment, segment_queries, row_counts, col_counts)
+        boxes = _boxes(segment.cpu().numpy(), segment_queries.cpu().numpy(), row_grid[1], col_grid[1])
         segments_info: list[dict[str, Any]] = []
         for k, q in enumerate(segment_queries.tolist()):
             members = alive & (rep == q)
@@ -203,29 +200,6 @@ class PostProcessPanoptic(nn.Module):
                 }
             )
         return PanopticResult(id_map.cpu().numpy().astype(np.uint32), segments_info)
-
-
-def _boxes(segment: Tensor, queries: Tensor, row_counts: Tensor, col_counts: Tensor) -> list[list[int]]:
-    """COCO [x, y, w, h] per query in the original image: each sampled row/column stands for a run of original ones."""
-    n_rows, n_cols = segment.shape
-    labels = segment.flatten()
-    ys = torch.arange(n_rows, device=segment.device).repeat_interleave(n_cols)
-    xs = torch.arange(n_cols, device=segment.device).repeat(n_rows)
-    n = int(labels.max()) + 1
-
-    def extent(coords: Tensor, size: int) -> tuple[list[int], list[int]]:
-        lo = torch.full((n,), size, dtype=coords.dtype, device=coords.device).scatter_reduce(0, labels, coords, "amin")
-        hi = torch.full((n,), -1, dtype=coords.dtype, device=coords.device).scatter_reduce(0, labels, coords, "amax")
-        return lo[queries].tolist(), hi[queries].tolist()
-
-    (y_lo, y_hi), (x_lo, x_hi) = extent(ys, n_rows), extent(xs, n_cols)
-    row_start = torch.cat([row_counts.new_zeros(1), row_counts.cumsum(0)]).tolist()
-    col_start = torch.cat([col_counts.new_zeros(1), col_counts.cumsum(0)]).tolist()
-    boxes = []
-    for r0, r1, c0, c1 in zip(y_lo, y_hi, x_lo, x_hi, strict=True):
-        x0, y0 = col_start[c0], row_start[r0]
-        boxes.append([int(x0), int(y0), int(col_start[c1 + 1] - x0), int(row_start[r1 + 1] - y0)])
-    return boxes
 
 
 class PostProcess(nn.Module):

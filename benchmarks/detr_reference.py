@@ -1,12 +1,22 @@
-"""detr's ``PostProcessPanoptic`` as published (facebookresearch/detr, models/segmentation.py), the PyTorch
-post-processing a detr user runs: the latency benchmark's eager baseline and the tests' reference.
+"""Every literal transcription of detr's published code (facebookresearch/detr) that panseg keeps, in one place:
+the tests' reference for our implementations and the latency benchmark's eager baseline.
+
+- models/segmentation.py ``PostProcessPanoptic`` (:func:`post_process_panoptic`): the PyTorch post-processing a
+  detr user runs; the benchmark times it as eager's post-processing stage;
+- models/detr.py ``PostProcess`` (:func:`post_process_boxes`) and util/box_ops.py ``box_cxcywh_to_xyxy``;
+- datasets/transforms.py's evaluation transform (:func:`detr_eval_transform`: resize by
+  :func:`get_size_with_aspect_ratio` as RandomResize([800], max_size=1333) does, ToTensor, Normalize) and
+  util/misc.py ``nested_tensor_from_tensor_list`` (padding a batch): eager's preprocessing in the benchmark
+  (:func:`detr_eval_batch`);
+- util/misc.py ``interpolate``.
 
 Transcribed literally; only what no longer runs on current libraries is adapted, without changing results: detr's
 util.misc.interpolate (F.interpolate, or an empty tensor when there is nothing to interpolate),
 torch.ByteStorage.from_buffer (np.asarray of the same PIL bytes), panopticapi's id2rgb/rgb2id (runtime's, the same
-encoding). One addition: ``encode_png=False`` stops at detr's PIL id image instead of encoding it to PNG bytes, so
-the benchmark times the same work as the runtime's post-processing stage (which also stops at the id map; writing
-PNGs is a later stage there). :func:`to_panoptic_result` converts detr's output to ours (ids from 1) untimed.
+encoding). Additions, marked as panseg's: ``encode_png=False`` stops at detr's PIL id image instead of encoding it to
+PNG bytes, so the benchmark times the same work as the runtime's post-processing stage (which also stops at the id
+map; writing PNGs is a later stage there); :func:`decode_png` and :func:`to_panoptic_result` convert detr's output
+to ours (ids from 1) untimed; :func:`detr_eval_batch` chains detr's transform and padding for a list of photos.
 """
 
 # A literal transcription keeps detr's closures over loop variables and its plain zip() calls.
@@ -21,10 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from runtime.panoptic_format import id2rgb, rgb2id
 from runtime.postprocess import PanopticResult
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# ---- util/misc.py and util/box_ops.py ----
 
 
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
@@ -38,6 +55,73 @@ def box_cxcywh_to_xyxy(x):
     b = [(x_c - 0.5 * w), (y_c - 0.5 * h), (x_c + 0.5 * w), (y_c + 0.5 * h)]
     return torch.stack(b, dim=-1)
 
+
+def nested_tensor_from_tensor_list(tensor_list):
+    max_size = [max(s) for s in zip(*[list(img.shape) for img in tensor_list])]
+    batch_shape = [len(tensor_list)] + max_size
+    b, c, h, w = batch_shape
+    tensor = torch.zeros(batch_shape, dtype=tensor_list[0].dtype)
+    mask = torch.ones((b, h, w), dtype=torch.bool)
+    for img, pad_img, m in zip(tensor_list, tensor, mask):
+        pad_img[: img.shape[0], : img.shape[1], : img.shape[2]].copy_(img)
+        m[: img.shape[1], : img.shape[2]] = False
+    return tensor, mask
+
+
+# ---- datasets/transforms.py: resize (RandomResize([800], max_size=1333) picks 800), ToTensor, Normalize ----
+
+def get_size_with_aspect_ratio(image_size, size, max_size=None):
+    w, h = image_size
+    if max_size is not None:
+        min_original_size = float(min((w, h)))
+        max_original_size = float(max((w, h)))
+        if max_original_size / min_original_size * size > max_size:
+            size = int(round(max_size * min_original_size / max_original_size))
+
+    if (w <= h and w == size) or (h <= w and h == size):
+        return (h, w)
+
+    if w < h:
+        ow = size
+        oh = int(size * h / w)
+    else:
+        oh = size
+        ow = int(size * w / h)
+
+    return (oh, ow)
+
+
+def detr_eval_transform(image: Image.Image, size: int = 800, max_size: int | None = 1333) -> torch.Tensor:
+    out_size = get_size_with_aspect_ratio(image.size, size, max_size)
+    rescaled = TF.resize(image, out_size)
+    tensor = TF.to_tensor(rescaled)
+    return TF.normalize(tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def detr_eval_batch(pictures: list[Image.Image], size: int = 800, max_size: int | None = 1333
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """panseg addition: detr's evaluation preprocessing of RGB ``pictures`` as one padded batch: (images, padding
+    mask, each image's processed (height, width) before padding)."""
+    tensors = [detr_eval_transform(picture, size, max_size) for picture in pictures]
+    images, mask = nested_tensor_from_tensor_list(tensors)
+    return images, mask, [tuple(t.shape[-2:]) for t in tensors]
+
+
+# ---- models/detr.py PostProcess ----
+
+@torch.no_grad()
+def post_process_boxes(outputs, target_sizes):
+    out_logits, out_bbox = outputs["pred_logits"], outputs["pred_boxes"]
+    prob = F.softmax(out_logits, -1)
+    scores, labels = prob[..., :-1].max(-1)
+    boxes = box_cxcywh_to_xyxy(out_bbox)
+    img_h, img_w = target_sizes.unbind(1)
+    scale_fct = torch.stack([img_w, img_h, img_w, img_h], dim=1)
+    boxes = boxes * scale_fct[:, None, :]
+    return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, boxes)]
+
+
+# ---- models/segmentation.py PostProcessPanoptic ----
 
 @torch.no_grad()
 def post_process_panoptic(outputs, processed_sizes, target_sizes=None, is_thing_map=None, threshold=0.85,
@@ -134,6 +218,8 @@ def post_process_panoptic(outputs, processed_sizes, target_sizes=None, is_thing_
         preds.append(predictions)
     return preds
 
+
+# ---- panseg's conversions (untimed) ----
 
 def decode_png(png_string: bytes) -> np.ndarray:
     """detr's png_string -> H x W id map (detr's ids, from 0)."""
