@@ -3,8 +3,9 @@
 Deployed: the exported file(s) loaded with ``runtime.model.load_model`` and run exactly as ``panseg-rt infer`` runs
 them (``PanopticModel.run``, then ``runtime.postprocess.segment_kept`` per image on what the engine stage kept), so
 verification checks the code path users get, not a copy of it. ONNX Runtime on the CPU, with the optimized-model
-cache off: verification must not write next to the user's model. A detection-only model has no deployed panoptic
-path; its graph runs through the runtime's backend.
+cache off: verification must not write next to the user's model. The engine stage hands over only the kept queries'
+masks, so a single graph is called once more for every query's masks (the per-output comparison checks them all). A
+detection-only model has no deployed panoptic path; its graph runs through the runtime's backend.
 
 Eager: the checkpoint's PyTorch model on the same batch, and the runtime's numpy ``postprocess_panoptic`` on its
 outputs as the reference panoptic result.
