@@ -18,15 +18,19 @@ from padded_batch import random_padded_batch as _padded_batch
 from PIL import Image
 from tiny_models import separable as _separable
 
-from export.onnx import export_checkpoint, read_metadata
+import export.onnx.__main__ as export_cli
+import runtime.postprocess
+from export.onnx import export_checkpoint, read_metadata, verification_is_thing
 from export.onnx.__main__ import main
-from export.onnx.graph import FullModel
+from export.onnx.graph import FullModel, ShapePolicy
 from export.onnx.loading import load_for_export
-from export.onnx.verify import compare_panoptic
+from export.onnx.verify import compare_panoptic, list_images, runners, verify
 from export.trt_operators import check_tensorrt_compatible, unsupported_nodes
 from runtime.backends import OnnxRuntimeBackend
 from runtime.categories import Category, categories_to_json
 from runtime.coco_categories import coco_panoptic_categories
+from runtime.errors import PansegError
+from runtime.model import PanopticModel
 from runtime.postprocess import PanopticResult
 from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from train.checkpoint import save_checkpoint
@@ -166,6 +170,109 @@ def test_compare_panoptic_counts_relabelled_segments_as_equal_and_spots_changes(
     assert agreement == pytest.approx(5 / 6) and same
     recat = PanopticResult(a, [{"id": 1, "category_id": 3}, {"id": 2, "category_id": 8}])
     assert compare_panoptic(PanopticResult(a, seg), recat) == (1.0, False)
+
+
+# ---------------------------------------------------------------- verification runs the deployed path
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_ckpt, workdir) -> Path:
+    """The default query-sparse pair, exported unverified: the tests below verify it themselves."""
+    return export_checkpoint(tiny_ckpt, workdir / "pair.onnx", run_verification=False, progress=False).path
+
+
+@pytest.mark.parametrize("layout", ["single graph", "query-sparse pair"])
+def test_verification_runs_the_deployed_functions_on_every_image(layout, tiny_export, tiny_pair, tiny_ckpt,
+                                                                 images_dir, monkeypatch):
+    """Every verified batch goes through PanopticModel.run and every image through the runtime's segment_kept, fed
+    with exactly what that engine stage kept; the report's panoptic comparison is of their results; and nothing is
+    written next to the model (no optimized-model cache)."""
+    path = tiny_export.path if layout == "single graph" else tiny_pair
+    assert runners.segment_kept is runtime.postprocess.segment_kept  # the runtime's own function, not a copy
+    real_run, real_segment = PanopticModel.run, runtime.postprocess.segment_kept
+    engine_calls: list[tuple[PanopticModel, int, object]] = []
+    segmented: list[object] = []
+
+    def spy_run(self, images, padding_mask, threshold, nms_iou=None):
+        out = real_run(self, images, padding_mask, threshold, nms_iou)
+        engine_calls.append((self, len(images), out))
+        return out
+
+    def spy_segment(kept, *args, **kwargs):
+        segmented.append(kept)
+        return real_segment(kept, *args, **kwargs)
+
+    monkeypatch.setattr(PanopticModel, "run", spy_run)
+    monkeypatch.setattr(runners, "segment_kept", spy_segment)
+    loaded = load_for_export(tiny_ckpt)
+    before = sorted(p.name for p in path.parent.iterdir())
+
+    def run_verification():
+        return verify(path, loaded.model, True, ShapePolicy(), verification_is_thing(loaded),
+                      list_images(images_dir, 2), sizes=(64,), progress=False)
+
+    report = run_verification()
+    assert report.passed, report.problems
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+    assert [n for _, n, _ in engine_calls] == [len(r.images) for r in report.runs]
+    assert {model.query_sparse for model, _, _ in engine_calls} == {layout == "query-sparse pair"}
+    kept_by_engine = [kept for _, _, out in engine_calls for kept in out.kept]
+    assert len(segmented) == len(kept_by_engine) == sum(len(r.images) for r in report.runs) == 4
+    assert all(a is b for a, b in zip(segmented, kept_by_engine, strict=True))
+    assert sum(n for r in report.runs for n in r.segments) > 0
+
+    # the report compares what segment_kept returned: an all-VOID stand-in must fail where eager has segments
+    def all_void(kept, processed, original, *args, **kwargs):
+        return PanopticResult(np.zeros(original, np.uint32))
+
+    monkeypatch.setattr(runners, "segment_kept", all_void)
+    broken = run_verification()
+    assert not broken.passed
+    assert [s for r in broken.runs for s in r.same_segments] == [n == 0 for r in broken.runs for n in r.segments]
+
+
+def test_verification_images_are_checked_before_the_export(tiny_ckpt, workdir, images_dir, capsys):
+    not_an_image = workdir / "notes.txt"
+    not_an_image.write_text("hello")
+    empty = workdir / "empty_folder"
+    empty.mkdir()
+    cases = {workdir / "absent": "no such folder or image file", not_an_image: "not an image file",
+             empty: "no images"}
+    for source, expected in cases.items():
+        out = workdir / "never.onnx"
+        code = main([str(tiny_ckpt), "-o", str(out), "--verify-images", str(images_dir), str(source), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1 and f"{source}: {expected}" in err, err
+        assert not out.exists()
+    # folders and files mix, in order, each once, at most max_images
+    first = sorted(images_dir.iterdir())[0]
+    assert list_images([first, images_dir], 10) == sorted(images_dir.iterdir())
+    assert list_images([images_dir, first], 2) == sorted(images_dir.iterdir())[:2]
+    with pytest.raises(PansegError, match="no verification images given"):
+        list_images([])
+
+
+def test_cli_default_without_verify_images_generates_synthetic_ones_and_says_so(tmp_path, monkeypatch):
+    """Without --verify-images and without the synthetic data set, the CLI verifies on generated images (as the
+    export always did) in a temporary folder, and its note says what to pass instead."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(export_cli, "REPO_ROOT", tmp_path)
+    args = export_cli.build_parser().parse_args(["model.pth"])
+    with export_cli.verification_images(args) as (sources, note):
+        images = list_images(sources)
+        assert len(images) == export_cli.GENERATED_IMAGES and all(Image.open(p).height == 64 for p in images)
+        assert "generated synthetic images" in note and "--verify-images" in note
+    assert not images[0].parent.exists()  # removed afterwards
+    val = tmp_path / export_cli.DEFAULT_VERIFY_FOLDER
+    val.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(val / "a.png")
+    with export_cli.verification_images(args) as (sources, note):
+        assert list_images(sources) == [export_cli.DEFAULT_VERIFY_FOLDER / "a.png"] and "--verify-images" in note
+    given = export_cli.build_parser().parse_args(["model.pth", "--verify-images", "x", "y", "--verify-images", "z"])
+    with export_cli.verification_images(given) as (sources, note):
+        assert sources == ["x", "y", "z"] and note is None
+    with export_cli.verification_images(export_cli.build_parser().parse_args(["m.pth", "--no-verify"])) as found:
+        assert found == (None, None)
 
 
 # ---------------------------------------------------------------- other models and shapes

@@ -2,7 +2,7 @@
 
 Pieces: loading.py (checkpoint -> model, config, categories), graph.py (wrappers and the export itself),
 sparse.py (the query-sparse detector + mask graph pair), metadata.py (what the runtime reads from the .onnx),
-verify.py (checker, TensorRT operators, ONNX Runtime vs eager).
+verify/ (checker, TensorRT operators, the deployed model on ONNX Runtime vs eager, on the caller's images).
 
 A panoptic model is exported query-sparse by default: ``NAME.onnx`` (the detector, whose metadata names its mask
 graph) and ``NAME.masks.onnx`` (the mask head, run by the runtime only on the queries above the threshold); see
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from export.onnx.graph import DEFAULT_OPSET, ShapePolicy, export_full_model
 from export.onnx.loading import LoadedCheckpoint, load_for_export
 from export.onnx.metadata import add_query_sparse, build_metadata, mask_graph_metadata, read_metadata, write_metadata
 from export.onnx.sparse import export_sparse_model
-from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, Report, Tolerances, verify, verify_sparse
+from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, ImageSources, Report, Tolerances, list_images
+from export.onnx.verify import verify as verify_model  # aliased: `export.onnx.verify` stays the package
 from runtime.atomic import atomic_write_bytes
 from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_INPUTS, MASK_GRAPH_OUTPUTS, MODEL_INPUTS, mask_graph_name
 from runtime.errors import PansegError
@@ -69,14 +71,27 @@ def verification_is_thing(loaded: LoadedCheckpoint) -> dict[int, bool]:
             for c in range(loaded.config.num_classes)}
 
 
+def _verify_staged(files: dict[str, bytes], loaded: LoadedCheckpoint, policy: ShapePolicy, images: list[Path],
+                   sizes: tuple[int, ...], tolerances: Tolerances | None, threshold: float, progress: bool) -> Report:
+    """Verify the serialized graph(s) as the runtime will load them: written under their final file names (the
+    detector's metadata names its mask graph) into a temporary folder, since the output names are written only
+    after the verdict. ``files``: name -> bytes, the model (or detector) first."""
+    with tempfile.TemporaryDirectory(prefix="panseg-verify-") as folder:
+        for name, data in files.items():
+            (Path(folder) / name).write_bytes(data)
+        return verify_model(Path(folder) / next(iter(files)), loaded.model, loaded.panoptic, policy,
+                      verification_is_thing(loaded), images, sizes, tolerances, threshold, progress)
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, *,
                       categories_file: str | os.PathLike | None = None, policy: ShapePolicy | None = None,
                       opset: int = DEFAULT_OPSET, simplify: bool = True, run_verification: bool = True,
-                      verify_images: str | os.PathLike | None = None, verify_sizes: tuple[int, ...] = DEFAULT_SIZES,
+                      verify_images: ImageSources | None = None, verify_sizes: tuple[int, ...] = DEFAULT_SIZES,
                       verify_max_images: int = DEFAULT_MAX_IMAGES, tolerances: Tolerances | None = None,
                       threshold: float = DEFAULT_THRESHOLD, progress: bool = True, full: bool = False
                       ) -> ExportResult:
-    """Export ``checkpoint`` to ``output`` (default: :func:`default_output_path`) with metadata, verified.
+    """Export ``checkpoint`` to ``output`` (default: :func:`default_output_path`) with metadata, verified on
+    ``verify_images`` (folders and image files; required unless ``run_verification`` is False).
 
     A panoptic model becomes the query-sparse pair (``output`` + :func:`mask_graph_path`) unless ``full``."""
     policy = policy or ShapePolicy()
@@ -87,13 +102,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
         raise PansegError(f"{output}: is a directory")
     if not 0.0 < threshold < 1.0:
         raise PansegError(f"threshold must be in (0, 1), got {threshold}")
+    images: list[Path] = []
+    if run_verification:  # bad image paths fail here, before the export's minutes
+        if verify_images is None:
+            raise PansegError("verification needs images: pass verify_images (folders or image files; "
+                              "python -m export.onnx --verify-images PATH ...), or run_verification=False")
+        images = list_images(verify_images, verify_max_images)
     loaded = load_for_export(checkpoint, categories_file)
     if output.resolve() == loaded.path.resolve():
         raise PansegError(f"{output}: would overwrite the checkpoint")
 
     if loaded.panoptic and not full:
-        return _export_sparse(loaded, output, policy, opset, simplify, run_verification, verify_images, verify_sizes,
-                              verify_max_images, tolerances, threshold, progress)
+        return _export_sparse(loaded, output, policy, opset, simplify, run_verification, images, verify_sizes,
+                              tolerances, threshold, progress)
     started = time.perf_counter()
     model, shapes = export_full_model(loaded.model, loaded.panoptic, policy, opset, simplify)
     output_names = [o.name for o in model.graph.output]
@@ -108,8 +129,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     report = None
     started = time.perf_counter()
     if run_verification:
-        report = verify(model, data, loaded.model, loaded.panoptic, policy, verification_is_thing(loaded),
-                        verify_images, verify_sizes, verify_max_images, tolerances, threshold, progress)
+        report = _verify_staged({output.name: data}, loaded, policy, images, verify_sizes, tolerances, threshold,
+                                progress)
     verify_seconds = time.perf_counter() - started
     target = output if report is None or report.passed else failed_path(output)
     atomic_write_bytes(target, data)
@@ -117,9 +138,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
 
 
 def _export_sparse(loaded: LoadedCheckpoint, output: Path, policy: ShapePolicy, opset: int, simplify: bool,
-                   run_verification: bool, verify_images: str | os.PathLike | None, verify_sizes: tuple[int, ...],
-                   verify_max_images: int, tolerances: Tolerances | None, threshold: float,
-                   progress: bool) -> ExportResult:
+                   run_verification: bool, images: list[Path], verify_sizes: tuple[int, ...],
+                   tolerances: Tolerances | None, threshold: float, progress: bool) -> ExportResult:
     started = time.perf_counter()
     detector, masks, detector_shapes, mask_shapes = export_sparse_model(loaded.model, policy, opset, simplify)
     metadata = build_metadata(
@@ -143,9 +163,8 @@ def _export_sparse(loaded: LoadedCheckpoint, output: Path, policy: ShapePolicy, 
     report = None
     started = time.perf_counter()
     if run_verification:
-        report = verify_sparse(detector, detector_data, masks, mask_data, loaded.model, policy,
-                               verification_is_thing(loaded), verify_images, verify_sizes, verify_max_images,
-                               tolerances, threshold, progress)
+        report = _verify_staged({output.name: detector_data, mask_graph_path(output).name: mask_data}, loaded, policy,
+                                images, verify_sizes, tolerances, threshold, progress)
     verify_seconds = time.perf_counter() - started
     target = output
     if report is not None and not report.passed:

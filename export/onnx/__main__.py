@@ -7,19 +7,26 @@ Exit status 0 when the model was written and verified (or verification was skipp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from export.onnx import ShapePolicy, Tolerances, default_output_path, export_checkpoint
 from export.onnx.graph import DEFAULT_OPSET
-from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, verdict_line
+from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, list_images, verdict_line
 from runtime.atomic import atomic_write_json
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
 from runtime.subcommands import positive_int, report_errors
+from train.args import DEFAULT_DATA
 
 PROG = "python -m export.onnx"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_VERIFY_FOLDER = Path(DEFAULT_DATA) / "val2017"  # the synthetic data set's val images, as `python -m train` uses
+GENERATED_IMAGES = 4
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -58,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default score threshold stored in the model (and used by verification)")
     v = p.add_argument_group("verification")
     v.add_argument("--no-verify", action="store_true", help="skip verification")
-    v.add_argument("--verify-images", metavar="DIR",
-                   help="images to verify on (default: data/synthetic/val2017, else 4 generated ones)")
+    v.add_argument("--verify-images", metavar="PATH", nargs="+", action="extend",
+                   help="folders and image files to verify on (repeatable; default: "
+                        f"{DEFAULT_VERIFY_FOLDER} here or in the repository, else {GENERATED_IMAGES} generated "
+                        "synthetic images)")
     v.add_argument("--verify-sizes", type=_sizes, default=DEFAULT_SIZES, metavar="S1,S2",
                    help="shorter sides to verify at (dynamic shapes)")
     v.add_argument("--verify-max-images", type=positive_int, default=DEFAULT_MAX_IMAGES)
@@ -73,6 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def verification_images(args: argparse.Namespace) -> Iterator[tuple[list[str] | None, str | None]]:
+    """(--verify-images, None) when given (or None with --no-verify); else the default: the synthetic val images,
+    from here or the repository, or, when there are none, a few generated synthetic images in a temporary folder for
+    the duration. The second value is a note saying which default was used and what to pass instead."""
+    if args.no_verify or args.verify_images is not None:
+        yield args.verify_images, None
+        return
+    advice = "pass --verify-images with folders or image files to verify on your own"
+    for folder in (DEFAULT_VERIFY_FOLDER, REPO_ROOT / DEFAULT_VERIFY_FOLDER):
+        try:
+            list_images(folder)
+        except PansegError:
+            continue
+        yield [str(folder)], f"verified on {folder} (no --verify-images; {advice})"
+        return
+    from PIL import Image
+
+    from train.prepare.synthetic import generate_sample
+
+    with tempfile.TemporaryDirectory(prefix="panseg-verify-") as tmp:
+        for index in range(GENERATED_IMAGES):
+            sample = generate_sample(0, "val", index, size=64)
+            Image.fromarray(sample.image).save(Path(tmp) / f"synthetic_{index:03d}.png")
+        yield [tmp], (f"verified on {GENERATED_IMAGES} generated synthetic images (no --verify-images and no "
+                      f"{DEFAULT_VERIFY_FOLDER}; {advice})")
+
+
 def run(args: argparse.Namespace) -> int:
     height, width = args.static_shape or (None, None)
     policy = ShapePolicy(batch=args.batch, height=height, width=width)
@@ -80,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or default_output_path(args.checkpoint)
     if args.report and not str(args.report).endswith(".json"):
         raise PansegError(f"{args.report}: the report name must end in .json")
-    result = export_checkpoint(
-        args.checkpoint, output, categories_file=args.categories, policy=policy, opset=args.opset,
-        simplify=not args.no_simplify, run_verification=not args.no_verify, verify_images=args.verify_images,
-        verify_sizes=args.verify_sizes, verify_max_images=args.verify_max_images, tolerances=tolerances,
-        threshold=args.threshold, progress=not args.quiet, full=args.full)
+    with verification_images(args) as (images, note):
+        result = export_checkpoint(
+            args.checkpoint, output, categories_file=args.categories, policy=policy, opset=args.opset,
+            simplify=not args.no_simplify, run_verification=not args.no_verify, verify_images=images,
+            verify_sizes=args.verify_sizes, verify_max_images=args.verify_max_images, tolerances=tolerances,
+            threshold=args.threshold, progress=not args.quiet, full=args.full)
     config = result.loaded.config
     kind = "panoptic" if config.masks else "detection-only"
     print(f"{result.loaded.path}: {kind} {config.backbone} model, {config.num_queries} queries, "
@@ -93,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if result.report is not None:
         print(format_table(result.report))
         print(f"(verified in {result.verify_seconds:.1f} s)")
+        if note:
+            print(f"({note})")
         if args.report:
             atomic_write_json(args.report, result.report.to_json(), indent=1)
     if not result.passed:
