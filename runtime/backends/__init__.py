@@ -1,6 +1,6 @@
-"""Inference engines behind one interface: ONNX Runtime now, TensorRT next.
+"""Inference engines behind one interface: ONNX Runtime and TensorRT.
 
-Importing this package is cheap: ``onnxruntime`` (and later ``tensorrt``) is imported only when a backend is created,
+Importing this package is cheap: ``onnxruntime`` (or ``tensorrt``) is imported only when a backend is created,
 e.g. by ``select_backend``.
 """
 
