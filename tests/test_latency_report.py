@@ -67,7 +67,7 @@ def test_every_field_is_present_and_every_available_backend_ran(report):
     assert sorted((r["backend"], r["batch"]) for r in data["results"]) == sorted(
         (n, b) for n in ran for b in BATCHES)
     assert data["settings"]["threads"] == 1 and data["settings"]["size"] == 64
-    assert "--size 64" in data["command"]
+    assert "--size 64" in data["command"] and data["command"].startswith("python -m benchmarks.latency ")
     assert data["model"]["export"] == "query-sparse"
     assert Path(data["model"]["onnx_full"]).is_file() and data["model"]["onnx_full"] != data["model"]["onnx"]
     assert data["model"]["export_full_seconds"] > 0
