@@ -18,7 +18,6 @@ described in benchmarks/report.py.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from contextlib import ExitStack
@@ -30,6 +29,7 @@ import torch
 
 from benchmarks import defaults, hardware
 from benchmarks.agreement import agreement
+from benchmarks.command_line import shell_line
 from benchmarks.detr_reference import detr_eval_batch
 from benchmarks.flops import STAGE_DESCRIPTIONS, count_call_flops, kept_queries
 from benchmarks.interleave import image_groups, run_interleaved
@@ -295,7 +295,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         report = {
             "json_version": JSON_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.latency", *argv]),
+            "command": shell_line([sys.executable, "-m", "benchmarks.latency", *argv], python="python"),
             "notes": notes,
             "warnings": warnings_for(rows),
             "machine": machine,

@@ -1,6 +1,6 @@
 """Which ONNX operators TensorRT can parse, and a check that an exported graph uses only those.
 
-The operator table is data (runtime/data/tensorrt_onnx_operators.json, transcribed from onnx-tensorrt's
+The operator table is data (export/data/tensorrt_onnx_operators.json, transcribed from onnx-tensorrt's
 docs/operators.md for one TensorRT release) so an export can be checked on a machine with no GPU and no TensorRT,
 long before an engine build would fail, and so that moving to a new TensorRT release is a data update.
 Only operator *names* and the opset range are checked: the per-operator restrictions (e.g. "`axes` must be an
@@ -83,8 +83,8 @@ def _table_from_json(data: Any, source: str) -> OperatorTable:
 
 @lru_cache(maxsize=1)
 def _shipped_table() -> OperatorTable:
-    resource = files("runtime").joinpath(TABLE_RESOURCE)
-    source = f"runtime/{TABLE_RESOURCE}"
+    resource = files("export").joinpath(TABLE_RESOURCE)
+    source = f"export/{TABLE_RESOURCE}"
     try:
         data = json.loads(resource.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -3,23 +3,15 @@ the float32 run closely."""
 
 import pytest
 import torch
-from test_training import TINY, log_lines, run_train
+from conftest import TINY_TRAIN_FLAGS, log_lines, run_train
 
 from runtime.errors import PansegError
 from train import amp
 from train.args import build_parser
 from train.engine import train_one_epoch
 from train.main import build_training
-from train.prepare.synthetic import generate_dataset
 
 needs_bf16 = pytest.mark.skipif(not amp.cpu_supports_bfloat16(), reason="this CPU has no native bfloat16")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, train=6, val=2, size=64, seed=3)
-    return root
 
 
 def test_to_float32_casts_every_floating_tensor_and_keeps_the_rest():
@@ -77,22 +69,22 @@ def test_forward_runs_in_bfloat16_and_the_loss_in_float32():
 
 
 @needs_bf16
-def test_amp_training_follows_the_float32_run(data, tmp_path):
+def test_amp_training_follows_the_float32_run(tiny_dataset, tmp_path):
     """Same data, same seed: the first iteration's loss (initial weights) agrees with float32 to bfloat16 accuracy,
     and after a few steps the weights moved in nearly the same direction."""
     first = {}
     for amp_on in (False, True):
         out = tmp_path / f"one_iteration_amp_{amp_on}"
-        run_train(data, out, "--epochs", "1", "--max_iters", "1", *(["--amp"] if amp_on else []))
+        run_train(tiny_dataset, out, "--epochs", "1", "--max_iters", "1", *(["--amp"] if amp_on else []))
         first[amp_on] = log_lines(out)[-1]["train_loss"]
     plain, mixed = first[False], first[True]
     assert plain != mixed  # bfloat16 really ran
     assert abs(mixed - plain) < 0.005 * abs(plain)
 
-    args = build_parser().parse_args(["--coco_path", str(data), *TINY])
+    args = build_parser().parse_args(["--coco_path", str(tiny_dataset), *TINY_TRAIN_FLAGS])
     start = build_training(args).model_without_ddp.state_dict()  # the same seed builds the same initial weights
-    fp32 = run_train(data, tmp_path / "fp32", "--epochs", "1", "--max_iters", "3")["model"]
-    bf16 = run_train(data, tmp_path / "bf16", "--epochs", "1", "--max_iters", "3", "--amp")["model"]
+    fp32 = run_train(tiny_dataset, tmp_path / "fp32", "--epochs", "1", "--max_iters", "3")["model"]
+    bf16 = run_train(tiny_dataset, tmp_path / "bf16", "--epochs", "1", "--max_iters", "3", "--amp")["model"]
     keys = [k for k, v in start.items() if v.is_floating_point()]
     assert all(bf16[k].dtype == torch.float32 for k in keys)
     step_fp32 = torch.cat([(fp32[k] - start[k]).flatten() for k in keys])

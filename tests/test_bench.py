@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_runtime_lean import run_without_torch
+from conftest import TINY_CONFIG, run_without_torch
 
 from export.onnx import export_checkpoint
 from export.onnx.graph import ShapePolicy
@@ -32,12 +32,11 @@ from runtime.model_info import ResizePolicy, parse_model_info
 from runtime.preprocess import target_size
 from runtime.trt_sidecar import TensorProfile
 from train.checkpoint import save_checkpoint
-from train.models import DETRConfig, build_model
+from train.models import build_model
 from train.prepare.synthetic import categories as synthetic_categories
 
 # As small as the mask head allows (hidden_dim a multiple of 128): the benchmark only needs the graph to run.
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=0, dec_layers=1, dim_feedforward=32,
-                  num_queries=4, num_classes=12, dropout=0.0)
+TINY = TINY_CONFIG.replace(enc_layers=0, dec_layers=1, dim_feedforward=32, num_queries=4)  # cheaper: timing only
 STATIC = ShapePolicy(batch=2, height=64, width=96)
 ORT = ["--threads", "1", "--no-ort-cache", "--no-progress"]  # two shared cores; leave no cache folders behind
 JSON_KEYS = {

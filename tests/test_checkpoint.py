@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG
 from PIL import Image
 
 from runtime.errors import PansegError
@@ -21,10 +22,10 @@ from train.models import DETRConfig, build_model
 
 SHARED_STATE_DICT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
 
-TINY_PAN = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
-                      num_queries=3, num_classes=5, masks=True, dropout=0.0)
-TINY_DET = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=48,
-                      num_queries=3, num_classes=5, masks=False, dropout=0.0)
+# Smaller than the shared tiny model, and with 3 queries / 5 classes so a config mix-up cannot go unnoticed.
+TINY_PAN = TINY_CONFIG.replace(dec_layers=1, dim_feedforward=64, num_queries=3, num_classes=5)
+TINY_DET = TINY_CONFIG.replace(hidden_dim=32, nheads=4, dec_layers=1, dim_feedforward=48, num_queries=3, num_classes=5,
+                               masks=False)
 
 
 def _one_line_error(excinfo, path: Path) -> str:

@@ -15,18 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import demo, demo_stages
-from benchmarks.demo_stages import (
+from benchmarks import command_line
+from benchmarks.command_line import python_name, repo_relative, shell_line
+from benchmarks.demo import __main__ as demo
+from benchmarks.demo.stages import (
     Command,
     Stage,
     StageFailed,
     check_removable,
     reuse_or_run,
-    shell_line,
     stale_reason,
     stamp_path,
 )
-from benchmarks.demo_summary import build_summary, copy_to_docs, render_markdown
+from benchmarks.demo.summary import build_summary, copy_to_docs, render_markdown
 from runtime.categories import categories_from_json
 from runtime.errors import PansegError
 from runtime.panoptic_format import read_panoptic_png
@@ -307,16 +308,35 @@ def test_command_is_shown_with_python_and_quoted(tmp_path):
     argv = (sys.executable, "-m", "train", "--output_dir", str(tmp_path / "a b"))
     line = shell_line(argv)
     assert shlex.split(line)[1:] == list(argv[1:])
-    assert shlex.split(line)[0] in ("python", sys.executable)
+    assert shlex.split(line)[0] in ("python", sys.executable, repo_relative(sys.executable))
+
+
+def test_commands_are_shown_relative_to_the_repository():
+    """Summaries are committed: a demo whose output folder is inside the checkout must not print or record the
+    checkout's path (the commands still run with the real paths)."""
+    lines = [line for stage in demo.plan(REPO / "demo", "quick") for line in stage.shell_lines()]
+    assert len(lines) >= len(STAGES) + 2
+    assert not [line for line in lines if str(REPO) in line]
+    assert lines[0].startswith(f"{shlex.quote(python_name())} -m train.prepare synthetic --out demo/data ")
+    copy = [line for line in lines if line.startswith("mkdir -p ")]
+    assert copy == [f"mkdir -p demo/bench_images && cp $(ls demo/data/val2017/*.jpg | head -n "
+                    f"{demo.SIZES['quick']['bench_images']}) demo/bench_images/"]
+    assert shell_line([sys.executable, "-c", "pass", str(REPO / "a b"), str(REPO), "rel/x", "/elsewhere/y"]).endswith(
+        " -c pass 'a b' . rel/x /elsewhere/y")
+
+
+def test_summary_holds_no_path_of_the_checkout(quick):
+    for name in ("summary.md", "summary.json", "bench/report.md", "bench/report.json"):
+        assert str(REPO) not in (quick["out"] / name).read_text(), name
 
 
 def test_stamp_does_not_depend_on_how_python_is_shown(tmp_path, monkeypatch):
     """make runs .venv/bin/python, a user with the venv activated runs python: neither must retrain."""
     target = tmp_path / "o.txt"
     stage = Stage("w", (Command((sys.executable, "-c", f"open({str(target)!r}, 'w').write('1')")),), outputs=(target,))
-    monkeypatch.setattr(demo_stages, "python_name", lambda: "python")
+    monkeypatch.setattr(command_line, "python_name", lambda root: "python")
     reuse_or_run(stage, tmp_path, echo=lambda *a, **k: None)
-    monkeypatch.setattr(demo_stages, "python_name", lambda: sys.executable)
+    monkeypatch.setattr(command_line, "python_name", lambda root: sys.executable)
     assert stage.shell_lines()[0].startswith(shlex.quote(sys.executable))
     assert stale_reason(stage, tmp_path) is None
 

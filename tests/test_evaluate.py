@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import separable
 from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
-from tiny_models import separable
 from torch.utils.data import DataLoader
 
 from runtime.categories import categories_from_json

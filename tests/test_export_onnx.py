@@ -14,9 +14,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from padded_batch import random_padded_batch as _padded_batch
+from conftest import TINY_CONFIG as TINY
+from conftest import random_padded_batch as _padded_batch
+from conftest import separable as _separable
 from PIL import Image
-from tiny_models import separable as _separable
 
 import export.onnx.__main__ as export_cli
 import runtime.postprocess
@@ -40,12 +41,7 @@ from train.prepare.synthetic import generate_sample
 
 REPO = Path(__file__).resolve().parents[1]
 R50_LAYOUT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
-                  num_queries=10, num_classes=12, dropout=0.0)
 TINY_DET = TINY.replace(masks=False, hidden_dim=64)
-THING, STUFF = 1, 8  # a thing and a stuff class of the synthetic category table
-
-
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import run_without_torch
+from conftest import separable as _separable
 from PIL import Image
-from test_runtime_lean import run_without_torch
-from tiny_models import separable as _separable
 from torch.utils.data import DataLoader
 
 from benchmarks.torch_postprocess import PostProcessPanoptic
@@ -41,20 +42,15 @@ from runtime.postprocess import PanopticResult
 from train.checkpoint import save_checkpoint
 from train.datasets import build_dataset, build_transforms, collate_fn, pad_images, scaled_transform_options
 from train.evaluate import evaluate
-from train.models import DETRConfig, build_model
+from train.models import build_model
 from train.models.criterion import build_criterion
 from train.prepare.synthetic import categories as synthetic_categories
 from train.prepare.synthetic import generate_dataset, generate_sample
 
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
-                  num_queries=10, num_classes=12, dropout=0.0)
-THING, STUFF = 1, 8  # circle and wall of the synthetic category table
 EVAL_SIZE = 64  # the tiny model's evaluation size; the export's metadata says 800, so infer overrides it
 EVAL_MAX = scaled_transform_options(EVAL_SIZE)["max_size"]  # 107, as the training evaluates
 SIZE_ARGS = ["--size", str(EVAL_SIZE), "--max-size", str(EVAL_MAX)]
 THREADS = ["--threads", "1"]  # two shared cores
-
-
 
 
 @pytest.fixture(scope="module")

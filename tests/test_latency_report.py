@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import STUFF, THING
+from conftest import TINY_CONFIG as TINY
+from conftest import separable as _separable
 from PIL import Image
-from tiny_models import separable as _separable
 
 from benchmarks.agreement import agreement
 from benchmarks.flops import STAGES
@@ -21,13 +23,10 @@ from export.onnx.sparse import DetectorGraph, MaskGraph
 from runtime.categories import categories_to_json
 from runtime.postprocess import PanopticResult, select_queries
 from train.checkpoint import save_checkpoint
-from train.models import DETRConfig, build_model
+from train.models import build_model
 from train.prepare.synthetic import categories as synthetic_categories
 from train.prepare.synthetic import generate_sample
 
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
-                  num_queries=10, num_classes=12, dropout=0.0)
-THING, STUFF = 1, 8  # circle and wall of the synthetic category table
 BATCHES = (1, 2)
 ITERATIONS = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -67,7 +66,7 @@ def test_every_field_is_present_and_every_available_backend_ran(report):
     assert sorted((r["backend"], r["batch"]) for r in data["results"]) == sorted(
         (n, b) for n in ran for b in BATCHES)
     assert data["settings"]["threads"] == 1 and data["settings"]["size"] == 64
-    assert "--size 64" in data["command"]
+    assert "--size 64" in data["command"] and data["command"].startswith("python -m benchmarks.latency ")
     assert data["model"]["export"] == "query-sparse"
     assert Path(data["model"]["onnx_full"]).is_file() and data["model"]["onnx_full"] != data["model"]["onnx"]
     assert data["model"]["export_full_seconds"] > 0

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import TINY_CONFIG
 from torch import nn
 
 from runtime.errors import PansegError
@@ -21,11 +22,9 @@ from train.models.transformer import Transformer, TransformerDecoderLayer, Trans
 
 SHARED_STATE_DICT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
 
-TINY_DET = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=48,
-                      num_queries=5, num_classes=7, masks=False, dropout=0.0)
+TINY_DET = TINY_CONFIG.replace(hidden_dim=32, nheads=4, dim_feedforward=48, num_queries=5, num_classes=7, masks=False)
 # The mask head's GroupNorm(8, hidden/16) needs hidden_dim >= 128.
-TINY_PAN = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=64,
-                      num_queries=4, num_classes=7, masks=True, dropout=0.0)
+TINY_PAN = TINY_CONFIG.replace(dim_feedforward=64, num_queries=4, num_classes=7)
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_FLAGS
 
 from train.args import build_parser
 from train.checkpoint import save_checkpoint
@@ -25,10 +26,10 @@ from train.prepare.synthetic import generate_dataset
 
 SIZE = 64
 IMAGES = 4
-MODEL = ["--scratch_backbone", "--backbone", "resnet18", "--dilation", "--hidden_dim", "128", "--nheads", "8",
-         "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "256", "--num_queries", "10",
-         "--image_size", str(SIZE), "--no_crop", "--dropout", "0.0", "--device", "cpu", "--num_workers", "0",
-         "--no_progress", "--eval_batch_size", "1"]
+# The shared tiny flags (64-pixel images) with DC5, a backbone trained from scratch, a wider feed-forward, 10 queries,
+# no crop and no dropout: what overfitting a handful of images needs.
+MODEL = [*TINY_TRAIN_FLAGS, "--scratch_backbone", "--dilation", "--dim_feedforward", "256", "--num_queries", "10",
+         "--image_size", str(SIZE), "--no_crop", "--dropout", "0.0", "--eval_batch_size", "1"]
 STAGE1_STEPS, STAGE2_STEPS = 150, 200
 
 

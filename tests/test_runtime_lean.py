@@ -1,30 +1,11 @@
 """The runtime must work where torch cannot be imported, and must never import it."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
+from conftest import run_without_torch
 
 from runtime.panoptic_format import write_panoptic_png
-
-# Runs in a fresh interpreter: any attempt to import torch (or the training/export side) fails loudly.
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    BLOCKED = ("torch", "torchvision", "train", "export", "benchmarks")
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in the lean-runtime test")
-    sys.meta_path.insert(0, Blocker())
-    """
-)
-
-
-def run_without_torch(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True)
 
 
 def test_blocker_really_blocks_torch():

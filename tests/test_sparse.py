@@ -15,8 +15,10 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import STUFF, THING
+from conftest import TINY_CONFIG as TINY
+from conftest import separable as _separable
 from PIL import Image
-from tiny_models import separable as _separable
 
 from export.onnx import export_checkpoint, read_metadata
 from export.onnx.__main__ import main as export_main
@@ -38,12 +40,7 @@ from train.models.segmentation import _expand
 from train.prepare.synthetic import categories as synthetic_categories
 from train.prepare.synthetic import generate_sample
 
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
-                  num_queries=10, num_classes=12, dropout=0.0)
-THING, STUFF = 1, 8  # a thing and a stuff class of the synthetic category table
 ORT = {"intra_op_threads": 1, "optimized_cache": False}
-
-
 
 
 def _padded(seed: int, shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:

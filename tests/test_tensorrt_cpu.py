@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import TINY_CONFIG
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -49,11 +50,10 @@ from runtime.trt_sidecar import (
     version_problem,
 )
 from train.checkpoint import save_checkpoint
-from train.models import DETRConfig, build_model
+from train.models import build_model
 from train.prepare.synthetic import categories as synthetic_categories
 
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=128,
-                  num_queries=4, num_classes=12, dropout=0.0)
+TINY = TINY_CONFIG.replace(dec_layers=1, dim_feedforward=128, num_queries=4)
 A100 = GpuInfo("NVIDIA A100-SXM4-40GB", (8, 0))
 A10 = GpuInfo("NVIDIA A10", (8, 6))
 A6000 = GpuInfo("NVIDIA RTX A6000", (8, 6))

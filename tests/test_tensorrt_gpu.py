@@ -28,7 +28,8 @@ except PansegError as exc:  # no cuda-python, no driver, no device
     pytest.skip(f"no usable CUDA device: {exc}", allow_module_level=True)
 
 import torch  # noqa: E402
-from padded_batch import random_padded_batch  # noqa: E402
+from conftest import TINY_CONFIG as TINY  # noqa: E402
+from conftest import random_padded_batch  # noqa: E402
 
 from export.onnx import export_checkpoint  # noqa: E402
 from export.tensorrt.__main__ import main  # noqa: E402
@@ -39,11 +40,9 @@ from runtime.contract import sidecar_path  # noqa: E402
 from runtime.sparse import PER_IMAGE_INPUTS, run_query_sparse  # noqa: E402
 from runtime.trt_sidecar import read_engine_sidecar  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402
-from train.models import DETRConfig, build_model  # noqa: E402
+from train.models import build_model  # noqa: E402
 from train.prepare.synthetic import categories as synthetic_categories  # noqa: E402
 
-TINY = DETRConfig(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
-                  num_queries=10, num_classes=12, dropout=0.0)
 PROFILE = ["--min-shape", "1x64x64", "--opt-shape", "1x64x96", "--max-shape", "2x128x128"]
 # FP32 engine vs FP32 ONNX Runtime: TensorRT may use TF32 tensor cores for FP32 convolutions and matmuls on Ampere+,
 # which keeps ~10 mantissa bits; errors are judged relative to each output's scale.

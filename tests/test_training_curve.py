@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.training_curve import plot_curve, pq_curve
+from benchmarks.demo.training_curve import plot_curve, pq_curve
 from runtime.errors import PansegError
 
 

@@ -1,15 +1,16 @@
 """Training-only helpers keep detr's architecture: the scratch backbone and the dense token loss."""
 
 import torch
+from conftest import TINY_CONFIG
 
 from train.mask_init import amplify_attention_inputs
-from train.models import DETRConfig, build_model
+from train.models import build_model
 from train.models.backbone import FrozenBatchNorm2d
 from train.scratch_backbone import train_backbone_from_scratch
 from train.token_loss import DETRWithTokenHead, loss_tokens, token_targets
 
-CONFIG = DETRConfig(backbone="resnet18", hidden_dim=64, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64,
-                    num_queries=5, num_classes=6, masks=False, dropout=0.0)
+CONFIG = TINY_CONFIG.replace(hidden_dim=64, nheads=4, dec_layers=1, dim_feedforward=64, num_queries=5, num_classes=6,
+                             masks=False)
 
 
 def test_scratch_backbone_is_the_same_function_fully_trainable_and_loads_back_into_detr():

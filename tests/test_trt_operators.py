@@ -1,6 +1,9 @@
 """The TensorRT operator table and the check that an ONNX graph only uses what TensorRT parses."""
 
+import fnmatch
 import json
+import tomllib
+from pathlib import Path
 
 import onnx
 import pytest
@@ -8,6 +11,7 @@ from onnx import TensorProto, helper
 
 from export.trt_operators import (
     MAX_LISTED,
+    TABLE_RESOURCE,
     OperatorTable,
     check_tensorrt_compatible,
     load_supported_operators,
@@ -53,6 +57,14 @@ def test_table_is_sane(table):
     assert not set(table.supported) & table.unsupported
     low, high = table.opset_range
     assert low <= 17 <= high  # the opset torch.onnx exports by default
+
+
+def test_table_is_shipped_with_export_in_the_wheel():
+    # Only export reads the table, so it is export's package data; pyproject must cover it or an install lacks it.
+    assert (Path(__file__).parents[1] / "export" / TABLE_RESOURCE).is_file()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["export"]
+    assert any(fnmatch.fnmatch(TABLE_RESOURCE, pattern) for pattern in patterns)
 
 
 def test_table_names_are_real_onnx_ops(table):

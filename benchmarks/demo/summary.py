@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.demo_stages import StageResult
+from benchmarks.demo.stages import StageResult
+from benchmarks.demo.training_curve import plot_curve, pq_curve
 from benchmarks.markdown import table
-from benchmarks.training_curve import plot_curve, pq_curve
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.jsonfile import read_json
 from runtime.pq import GROUPS
@@ -147,7 +147,8 @@ def render_markdown(summary: Mapping[str, Any], link: Callable[[str], str] = str
     out += table(["stage", "status", "wall time"],
                   [[s["name"], s["status"], _seconds(s["seconds"])] for s in summary["stages"]])
     out += [f"This invocation: {_seconds(summary['total_seconds'])} (reused stages show the time of the run that made "
-            "their outputs).", "", "## Commands", "", "```bash", *summary["commands"], "```", ""]
+            "their outputs).", "", "## Commands", "", "From the repository root:", "", "```bash", *summary["commands"],
+            "```", ""]
     return "\n".join(out)
 
 

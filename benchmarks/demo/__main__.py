@@ -4,7 +4,7 @@ latency against eager -> OUT/summary.md.
 
 It only chains the real commands (printed as copyable shell lines, run as subprocesses); training flags come from
 train/recipes.py alone. A rerun reuses every stage whose outputs are complete and newer than its inputs and whose
-commands did not change (benchmarks/demo_stages.py); ``--fresh`` starts over; ``--quick`` is the size CI runs.
+commands did not change (benchmarks/demo/stages.py); ``--fresh`` starts over; ``--quick`` is the size CI runs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.demo_stages import (
+from benchmarks.command_line import REPO
+from benchmarks.demo.stages import (
     STAMP_FOLDER,
     Command,
     CopyFirstFiles,
@@ -23,13 +24,12 @@ from benchmarks.demo_stages import (
     remove_output,
     reuse_or_run,
 )
-from benchmarks.demo_summary import build_summary, copy_to_docs, write_summary
+from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
 from runtime.errors import PansegError
 from runtime.subcommands import report_errors
 from train.recipes import RECIPES
 
 PROG = "python -m benchmarks.demo"
-REPO = Path(__file__).resolve().parent.parent
 NMS_IOU = "0.5"  # the demo's extra run with panseg-rt infer --nms-iou (a common NMS IoU; not tuned on the val set)
 
 # Per size: the dataset (train.prepare synthetic flags), the recipe, export verification and the benchmark's extent.
@@ -115,7 +115,7 @@ def _clock(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    out: Path = args.out.absolute()  # shown relative to the repository when inside it (benchmarks/command_line.py)
     size = "quick" if args.quick else "full"
     started = time.perf_counter()
     if args.fresh:

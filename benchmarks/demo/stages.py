@@ -12,13 +12,13 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from benchmarks.command_line import repo_relative, shell_line
 from runtime.atomic import atomic_write_json
 from runtime.errors import PansegError
 
@@ -27,20 +27,6 @@ STAMP_FOLDER = ".stages"
 
 class StageFailed(PansegError):
     """A stage's step failed; the message names the stage and the command, so the user can rerun it alone."""
-
-
-def python_name() -> str:
-    """How to write this interpreter in a copyable command: ``python`` if that is what PATH finds, else its path."""
-    found = shutil.which("python")
-    if found and Path(found).absolute() == Path(sys.executable).absolute():
-        return "python"
-    return sys.executable
-
-
-def shell_line(argv: Sequence[str], python: str | None = None) -> str:
-    """``argv`` as one shell line, this interpreter written as ``python`` (default: :func:`python_name`)."""
-    python = python_name() if python is None else python
-    return shlex.join([python if k == 0 and arg == sys.executable else arg for k, arg in enumerate(argv)])
 
 
 class Step(Protocol):
@@ -75,8 +61,9 @@ class CopyFirstFiles:
     folder: Path
 
     def shell(self, python: str | None = None) -> str:
-        dest = shlex.quote(str(self.folder))
-        return (f"mkdir -p {dest} && cp $(ls {shlex.quote(str(self.source))}/{self.pattern} | head -n {self.count}) "
+        dest = shlex.quote(repo_relative(str(self.folder)))
+        source = shlex.quote(repo_relative(str(self.source)))
+        return (f"mkdir -p {dest} && cp $(ls {source}/{self.pattern} | head -n {self.count}) "
                 f"{dest}/")
 
     def run(self) -> None:
