@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,24 @@ TINY_TRAIN_FLAGS = ["--backbone", "resnet18", "--hidden_dim", "128", "--nheads",
                     "--lr_backbone", "1e-5"]
 
 THING, STUFF = 1, 8  # circle and wall of the synthetic category table
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """Every test (and every process it starts) caches optimized models in a temporary folder, never in the user's
+    ~/.cache/panseg: tests must not depend on, or leave behind, what earlier runs cached."""
+    import os
+
+    from runtime.cache_dir import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("panseg-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
 
 
 # --------------------------------------------------------------------------------------------- tiny training
