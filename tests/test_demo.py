@@ -371,3 +371,50 @@ def test_fresh_refuses_dangerous_folders(tmp_path, monkeypatch):
     (ours / "model.onnx").write_bytes(b"x")
     check_removable(ours)
     check_removable(tmp_path / "absent")
+
+
+def _summary(total_seconds, training=(8.0, 2.5), pq_all=0.57, status="ran", machine=None):
+    group = {"pq": pq_all, "sq": 0.8, "rq": 0.7, "n": 3, "tp": 1, "fp": 1, "fn": 1}
+    return {"size": "full", "machine": machine or {}, "pq": {"All": group, "Things": {**group, "pq": 0.3},
+                                                             "Stuff": group},
+            "pq_nms": None, "nms_iou": None, "export": {"verdict": "PASSED", "problems": [], "runs": 1, "images": 1},
+            "latency": None, "training": {"stage1_minutes": training[0], "stage2_minutes": training[1], "points": [],
+                                          "plot": "training_curve.png"},
+            "stages": [{"name": "stage1", "status": status, "seconds": 1.0, "reason": None}],
+            "total_seconds": total_seconds, "overlays": [], "plots": [],
+            "reports": {"latency": None, "pq": "pq.json", "pq_nms": None, "export": "export_report.json"},
+            "commands": []}
+
+
+def test_summary_states_the_cpu_and_every_target_including_time():
+    from benchmarks.demo.summary import render_markdown
+    from train.recipes import machine
+
+    info = machine()
+    text = render_markdown(_summary(25 * 60, machine=info))
+    assert info["cpu"] in text and f"training in {info['training_precision']}" in text
+    targets = next(line for line in text.splitlines() if line.startswith("Targets: "))
+    assert "All PQ >= 55.0 (met)" in targets and "Things PQ >= 25.0 (met)" in targets
+    assert "training <= 12 min (10.5 min: met)" in targets
+    assert "whole demo <= 20 min (25.0 min: NOT met)" in targets  # the time part is never left out
+    slow = render_markdown(_summary(10 * 60, training=(10.0, 3.0), pq_all=0.5))
+    assert "training <= 12 min (13.0 min: NOT met)" in slow and "All PQ >= 55.0 (NOT met)" in slow
+    # a rerun that reused stages cannot say how long the demo takes: no whole-demo verdict then
+    assert "whole demo" not in render_markdown(_summary(5, status="reused"))
+
+
+def test_recipe_precision_follows_the_cpu_probe(monkeypatch):
+    import importlib
+
+    import train.amp
+    import train.recipes
+
+    try:
+        for has_bf16, precision in ((True, "bfloat16"), (False, "float32")):
+            monkeypatch.setattr(train.amp, "cpu_supports_bfloat16", lambda v=has_bf16: v)
+            recipes = importlib.reload(train.recipes)
+            assert recipes.TRAINING_PRECISION == precision and recipes.machine()["bfloat16"] is has_bf16
+            assert ("--amp" in recipes.RECIPES["demo"].model) is has_bf16  # both stages take the model flags
+    finally:
+        monkeypatch.undo()
+        importlib.reload(train.recipes)

@@ -33,6 +33,27 @@ class Recipe:
 
 
 _AMP = ("--amp",) if cpu_supports_bfloat16() else ()
+TRAINING_PRECISION = "bfloat16" if _AMP else "float32"
+
+
+def cpu_model() -> str:
+    """The CPU's name from /proc/cpuinfo (what every quoted time must be read against)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def machine() -> dict[str, str | bool]:
+    """Which CPU the recipes run on and what they chose for it (printed by the demo, kept in its summary)."""
+    bf16 = bool(_AMP)
+    why = ("the CPU has native bfloat16: --amp trains in bfloat16" if bf16 else
+           "no native bfloat16 on this CPU: training in float32 (bfloat16 would be emulated and slower)")
+    return {"cpu": cpu_model(), "bfloat16": bf16, "training_precision": TRAINING_PRECISION, "note": why}
 _COMMON = ("--scratch_backbone", "--lr_schedule", "cosine", "--no_crop", "--dropout", "0.0", "--device", "cpu",
            "--num_workers", "0", "--cache_dataset", *_AMP)
 
