@@ -440,7 +440,9 @@ class StubTensorRT:
     __version__ = "10.15.1.29"
     NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
     MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-    BuilderFlag = SimpleNamespace(VERSION_COMPATIBLE="VERSION_COMPATIBLE")
+    BuilderFlag = SimpleNamespace(VERSION_COMPATIBLE="VERSION_COMPATIBLE", TF32="TF32")
+    ProfilingVerbosity = SimpleNamespace(DETAILED="DETAILED")
+    LayerInformationFormat = SimpleNamespace(JSON="JSON")
     HardwareCompatibilityLevel = SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC")
 
     class Logger:
@@ -494,6 +496,9 @@ class StubTensorRT:
             def set_flag(self, flag):
                 stub.calls.append(("set_flag", flag))
 
+            def clear_flag(self, flag):
+                stub.calls.append(("clear_flag", flag))
+
             def __setattr__(self, name, value):
                 stub.calls.append(("config." + name, value))
 
@@ -535,7 +540,17 @@ class StubTensorRT:
                 return SimpleNamespace(node_name=lambda: name, node_operator=lambda: op, desc=lambda: desc,
                                        code=lambda: "UNSUPPORTED_NODE", node=lambda: index)
 
-        self.Builder, self.OnnxParser = Builder, OnnxParser
+        class Runtime:  # what --inspect deserializes the plan just built with
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                stub.calls.append(("deserialize", bytes(plan)))
+                info = json.dumps({"plan": bytes(plan).decode(errors="replace"), "Layers": ["conv1"]})
+                inspector = SimpleNamespace(get_engine_information=lambda fmt: info if fmt == "JSON" else None)
+                return SimpleNamespace(create_engine_inspector=lambda: inspector)
+
+        self.Builder, self.OnnxParser, self.Runtime = Builder, OnnxParser, Runtime
 
     def named(self, name):
         return [c for c in self.calls if c[0] == name]
@@ -1444,3 +1459,154 @@ def test_fake_gpu_load_model_runs_a_tensorrt_pair_on_the_device(fake_gpu, tiny_e
     _same_outputs(got, want)
     assert sum(got.kept_counts) > 0 and traffic.d2d_copies > 0
     assert fake_gpu.cudart.live() == []
+
+
+# ---------------------------------------------------------------- --device, --no-tf32, --inspect (builder plumbing)
+
+
+def test_plumbing_device_tf32_and_inspect_reach_the_builder_and_the_trtexec_line(onnx_path, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import runtime.backends.tensorrt_backend as backend_module
+
+    stub = StubTensorRT(plan=b"stub plan bytes")
+    monkeypatch.setitem(sys.modules, "tensorrt", stub)
+    monkeypatch.setattr(backend_module, "import_cudart", lambda: object())
+    devices = []
+    monkeypatch.setattr(backend_module, "current_gpu", lambda cudart=None, device=0: devices.append(device) or L4)
+    plan = tmp_path / "m.plan"
+    code, out, err = _run([onnx_path, "-o", plan, "--device", "1", "--no-tf32", "--inspect", "--quiet"], capsys)
+    assert code == 0, err
+    assert devices == [1]  # the GPU identified for the side file, and made current for the build, is device 1
+    assert stub.named("clear_flag") == [("clear_flag", "TF32")]
+    assert ("config.profiling_verbosity", "DETAILED") in stub.calls
+    layers = json.loads(plan.with_name("m.plan.layers.json").read_text())
+    assert layers == {"plan": "stub plan bytes", "Layers": ["conv1"]}
+    line = shlex.split(next(x for x in out.splitlines() if x.strip().startswith("trtexec ")))
+    assert {"--noTF32", "--device=1", "--profilingVerbosity=detailed",
+            f"--exportLayerInfo={plan.with_name('m.plan.layers.json')}"} <= set(line)
+    _, info = read_engine_sidecar(plan)
+    assert info.builder["tf32"] is False
+    # the defaults add none of it
+    default = trtexec_command("m.onnx", "m.plan", _profiles(), BuildOptions())
+    assert not any(a.startswith(("--noTF32", "--device", "--profilingVerbosity", "--exportLayerInfo")) for a in default)
+    code, _, err = _run([onnx_path, "-o", tmp_path / "n.plan", "--device", "-1", "--dry-run"], capsys)
+    assert code == 1 and "CUDA device must be an index" in err
+
+
+# ---------------------------------------------------------------- ONNX Runtime's TensorRT and CUDA providers
+
+
+class RecordingSession:
+    """onnxruntime.InferenceSession that records the providers and options it was given, then runs the model with
+    the CPU provider (no GPU here) while reporting the requested providers as active."""
+
+    created: list[dict] = []
+
+    def __init__(self, path, sess_options=None, providers=None, provider_options=None):
+        import onnxruntime as ort
+
+        RecordingSession.created.append({"path": path, "providers": list(providers or []),
+                                         "provider_options": provider_options})
+        self._session = ort.capi.onnxruntime_inference_collection.InferenceSession(
+            path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self._providers = list(providers or ["CPUExecutionProvider"])
+
+    def get_providers(self):
+        return self._providers
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def gpu_providers(monkeypatch):
+    import onnxruntime as ort
+
+    RecordingSession.created = []
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", RecordingSession)
+    return RecordingSession.created
+
+
+def test_tensorrt_provider_gets_the_profile_export_builds_for_and_cuda_as_its_fallback(tiny_export, tmp_path,
+                                                                                      gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+    from runtime.backends.tensorrt_ep import profile_options
+
+    plan = plan_engine(tiny_export)  # export's own reading of the ONNX graphs: the independent reference
+    mask_onnx = tiny_export.with_name("tiny.masks.onnx")
+    for path, expected in ((tiny_export, plan.profiles), (mask_onnx, plan.mask.profiles)):
+        backend = OnnxRuntimeBackend(path, providers=("tensorrt",), device=1, cache_root=tmp_path / "cache")
+        assert backend.providers == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        session = gpu_providers[-1]
+        assert session["path"] == str(path) and session["providers"] == backend.providers
+        trt_options, cuda_options, cpu_options = session["provider_options"]
+        assert cuda_options == {"device_id": 1} and cpu_options == {}
+        assert trt_options["device_id"] == 1
+        assert {k: v for k, v in trt_options.items() if k.startswith("trt_profile_")} == profile_options(expected)
+        assert trt_options["trt_engine_cache_path"] == trt_options["trt_timing_cache_path"] == \
+            str(backend.tensorrt_cache_dir)
+        assert backend.tensorrt_cache_dir.is_relative_to(tmp_path / "cache")  # never beside the model
+    assert profile_options(plan.profiles)["trt_profile_min_shapes"] == "images:1x3x571x571,padding_mask:1x571x571"
+    assert "hs_kept:1x128" in profile_options(plan.mask.profiles)["trt_profile_min_shapes"]
+
+
+def test_tensorrt_provider_engine_cache_follows_the_model_contents(tiny_export, tmp_path, gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+
+    model = tmp_path / "model" / "tiny.onnx"
+    model.parent.mkdir()
+    model.write_bytes(tiny_export.read_bytes())
+    first = OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=tmp_path / "cache")
+    first_path = gpu_providers[-1]["provider_options"][0]["trt_engine_cache_path"]
+    edited = onnx.load(str(model))
+    edited.doc_string = "retrained"  # same file name, tensor names and versions: only the contents differ
+    onnx.save(edited, model)
+    second = OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=tmp_path / "cache")
+    second_path = gpu_providers[-1]["provider_options"][0]["trt_engine_cache_path"]
+    assert first_path != second_path and first.tensorrt_cache_dir.parent == second.tensorrt_cache_dir.parent
+    assert not Path(first_path).exists() and Path(second_path).is_dir()  # the old engines were pruned
+
+
+def test_tensorrt_provider_with_an_unwritable_cache_still_loads_and_writes_nothing_beside_the_model(
+        tiny_export, tmp_path, gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+
+    model_dir = tmp_path / "read-only models"
+    model_dir.mkdir()
+    model = model_dir / "tiny.onnx"
+    model.write_bytes(tiny_export.read_bytes())
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("")
+    with pytest.warns(RuntimeWarning, match="cannot create the TensorRT engine cache"):
+        OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=blocked)
+    trt_options = gpu_providers[-1]["provider_options"][0]
+    assert "trt_engine_cache_path" not in trt_options and "trt_profile_max_shapes" in trt_options
+    assert sorted(p.name for p in model_dir.iterdir()) == ["tiny.onnx"]
+
+
+def test_tensorrt_provider_without_a_resize_policy_warns_and_builds_per_shape(onnx_path, tmp_path, gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+
+    model = synthetic_onnx(tmp_path / "nopolicy.onnx", metadata={"panseg_metadata_version": 1})
+    with pytest.warns(RuntimeWarning, match="no resize policy"):
+        OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=tmp_path / "cache")
+    assert not any(k.startswith("trt_profile_") for k in gpu_providers[-1]["provider_options"][0])
+
+
+def test_device_flag_reaches_tensorrt_and_the_gpu_providers_only(onnx_path, tmp_path):
+    import argparse
+
+    from runtime.backends import add_backend_arguments, backend_options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    plan = tmp_path / "m.plan"
+    assert backend_options_from_args(plan, parser.parse_args(["--device", "1"])) == {"device": 1}
+    assert backend_options_from_args(plan, parser.parse_args([])) == {"device": 0}
+    assert "device" not in backend_options_from_args(onnx_path, parser.parse_args(["--device", "1"]))
+    gpu = backend_options_from_args(onnx_path, parser.parse_args(["--device", "1", "--providers", "tensorrt"]))
+    assert gpu["device"] == 1 and gpu["providers"] == ("tensorrt",)
+    with pytest.raises(PansegError, match="--device must be a CUDA device index"):
+        backend_options_from_args(plan, parser.parse_args(["--device", "-1"]))
