@@ -1610,3 +1610,24 @@ def test_device_flag_reaches_tensorrt_and_the_gpu_providers_only(onnx_path, tmp_
     assert gpu["device"] == 1 and gpu["providers"] == ("tensorrt",)
     with pytest.raises(PansegError, match="--device must be a CUDA device index"):
         backend_options_from_args(plan, parser.parse_args(["--device", "-1"]))
+
+
+# ---------------------------------------------------------------- which TensorRT the operator check speaks for
+
+
+def test_operator_check_names_the_tables_release_and_the_installed_one_when_it_differs(tmp_path):
+    from export.trt_operators import installed_tensorrt_version
+
+    table = load_supported_operators()
+    custom = helper.make_node("FancyOp", ["images"], ["extra"], name="fancy", domain="com.example")
+    model = synthetic_onnx(tmp_path / "custom.onnx", extra_node=custom)
+    release = table.tensorrt_version
+    for installed, says_installed in ((None, False), (f"{release}.1.29", False), ("11.4.0.12", True)):
+        with pytest.raises(PansegError) as info:
+            check_tensorrt_compatible(model, table, installed=lambda v=installed: v)
+        message = str(info.value)
+        assert f"TensorRT {release}'s operator table" in message and "'fancy'" in message and "\n" not in message
+        assert ("TensorRT 11.4.0.12 is installed" in message) == says_installed, installed
+    # the installed release is read from the wheels' metadata: the meta package or a CUDA-specific build
+    assert installed_tensorrt_version({"tensorrt-cu13": "11.4.0.12"}.get) == "11.4.0.12"
+    assert installed_tensorrt_version({}.get) is None
