@@ -1631,3 +1631,19 @@ def test_operator_check_names_the_tables_release_and_the_installed_one_when_it_d
     # the installed release is read from the wheels' metadata: the meta package or a CUDA-specific build
     assert installed_tensorrt_version({"tensorrt-cu13": "11.4.0.12"}.get) == "11.4.0.12"
     assert installed_tensorrt_version({}.get) is None
+
+
+def test_fake_gpu_pair_refuses_more_kept_queries_than_the_mask_engine_holds_before_writing_to_it(fake_gpu, tmp_path):
+    from runtime.backends.tensorrt_pair import TensorRTPair
+
+    _, _, det_plan, mask_plan = _fake_pair(fake_gpu, tmp_path, 5, SMALL)
+
+    def keep_every_query_twice(logits, boxes):  # a selection rule gone wrong: more pairs than the profile allows
+        q = np.repeat(np.arange(logits.shape[0]), 2)
+        return q, np.ones(q.size, np.float32), np.zeros(q.size, np.int64)
+
+    with TensorRTBackend(det_plan) as det, TensorRTBackend(mask_plan) as mask_backend:
+        pair = TensorRTPair(det, mask_backend)
+        with pytest.raises(PansegError, match=r"m\.masks\.plan: input hs_kept has shape 20x16, .*allowed 1\.\.10"):
+            pair.run(_fake_images([(64, 64), (64, 64)], 1), 0.5, select=keep_every_query_twice)
+        assert pair.transfers().d2d_copies == 0

@@ -84,8 +84,12 @@ class DeviceTensor:
 
 
 def _release_resources(resources: CudaResources, source: str) -> None:
-    """The finalizer (and ``close()``): free the device memory; never raises."""
-    for problem in resources.release():
+    """The finalizer (and ``close()``): free the device memory; never raises (it may run at interpreter exit)."""
+    try:
+        problems = resources.release()
+    except Exception as exc:  # noqa: BLE001 - e.g. cuda-python already torn down at exit
+        problems = [f"releasing CUDA memory: {exc}"]
+    for problem in problems:
         warnings.warn(f"{source}: {problem}", RuntimeWarning, stacklevel=2)
 
 

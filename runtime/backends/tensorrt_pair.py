@@ -34,6 +34,7 @@ from runtime.contract import (
 from runtime.errors import PansegError
 from runtime.postprocess import KeptQueries, ModelOutputs, select_queries
 from runtime.sparse import QuerySelector, kept_pairs
+from runtime.trt_sidecar import check_shapes_in_profile
 
 
 def row_runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
@@ -105,6 +106,8 @@ class TensorRTPair:
         hs = detector.device_output(HS)
         _, queries, width = hs.shape
         row_bytes = width * masks.dtype_of(HS_KEPT)[1]
+        # before the gather writes into the mask engine's buffer, which is sized for its profile's maximum
+        check_shapes_in_profile({HS_KEPT: (image_index.size, width)}, masks.profiles, masks.path)
         hs_kept = masks.input_address(HS_KEPT)
         for src, dst, length in row_runs(image_index * queries + query_index):
             masks.copy_on_device(hs_kept + dst * row_bytes, hs.address + src * row_bytes, length * row_bytes,
