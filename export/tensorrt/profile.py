@@ -1,11 +1,10 @@
 """The engine's optimization profile: batch x height x width ranges from flags, or derived from the ONNX metadata.
 
 TensorRT builds a dynamic-shape engine for one range of shapes per input (min .. max, tuned for opt) and refuses
-anything outside it at run time. The runtime feeds ``images`` (B x 3 x H x W) and ``padding_mask`` (B x H x W) padded
-to the largest image of a batch, so both inputs share one B/H/W range. Defaults come from the resize policy the export
-stored (detr's: shorter side 800, longer side at most 1333): H and W each range over [size .. max_size], which covers
-portrait and landscape images and mixed batches; opt is a 4:3 landscape image (COCO's most common shape, 640 x 480 ->
-800 x 1066); batch 1. Dimensions the ONNX graph fixes (``--static-shape`` / ``--batch`` exports) are taken as they are.
+anything outside it at run time. The default range and how it maps onto each input live in
+runtime/backends/tensorrt_profiles.py (ONNX Runtime's TensorRT provider uses the same ones); this module adds the
+``--min/opt/max-shape`` flags, reads the ONNX graph's inputs, and takes the dimensions the graph fixes
+(``--static-shape`` / ``--batch`` exports) as they are.
 """
 
 from __future__ import annotations
