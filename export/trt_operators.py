@@ -5,13 +5,18 @@ docs/operators.md for one TensorRT release) so an export can be checked on a mac
 long before an engine build would fail, and so that moving to a new TensorRT release is a data update.
 Only operator *names* and the opset range are checked: the per-operator restrictions (e.g. "`axes` must be an
 initializer") are kept in the table for error messages and humans, but are not verified here.
+
+The table is one TensorRT release's (its ``tensorrt_version``), which need not be the TensorRT installed: messages
+name the release the table was taken from, and the installed one when it differs (read from package metadata, without
+importing TensorRT), so they never claim a check against a version that was not consulted.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
@@ -27,6 +32,9 @@ from runtime.errors import PansegError
 TABLE_RESOURCE = "data/tensorrt_onnx_operators.json"
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})  # both spell the standard ONNX operator set
 MAX_LISTED = 20  # offending nodes named in one error message; the rest are counted
+
+# The wheels that install the ``tensorrt`` module (the meta package and its CUDA-specific builds).
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
 
 # (qualified node name, op type, domain) of a node TensorRT cannot parse.
 OffendingNode = tuple[str, str, str]
@@ -50,6 +58,27 @@ class OperatorTable:
     def opset_supported(self, version: int) -> bool:
         low, high = self.opset_range
         return low <= version <= high
+
+
+def _installed_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def installed_tensorrt_version(version_of: Callable[[str], str | None] = _installed_version) -> str | None:
+    """The installed TensorRT wheel's version, or None (package metadata only: nothing is imported)."""
+    return next((v for d in TENSORRT_DISTRIBUTIONS if (v := version_of(d)) is not None), None)
+
+
+def table_provenance(table: OperatorTable, installed: str | None) -> str:
+    """Which release the verdict comes from: ``TensorRT 10.15's operator table`` plus the installed release when
+    it is another one."""
+    text = f"TensorRT {table.tensorrt_version}'s operator table"
+    if installed is None or installed == table.tensorrt_version or installed.startswith(table.tensorrt_version + "."):
+        return text
+    return f"{text}; TensorRT {installed} is installed and its ONNX parser may accept more or less"
 
 
 def _table_from_json(data: Any, source: str) -> OperatorTable:
@@ -170,7 +199,8 @@ def opset_problems(model: onnx.ModelProto, table: OperatorTable | None = None) -
     for owner, imports in owners:
         for entry in imports:
             if entry.domain in DEFAULT_DOMAINS and not table.opset_supported(entry.version):
-                problems.append(f"{owner} uses opset {entry.version}, outside TensorRT {table.tensorrt_version}'s "
+                problems.append(f"{owner} uses opset {entry.version}, outside TensorRT {table.tensorrt_version} "
+                                f"operator table's "
                                 f"range {low}-{high}")
     if not any(e.domain in DEFAULT_DOMAINS for e in model.opset_import) and len(model.graph.node):
         problems.append("model declares no default-domain opset")
@@ -196,7 +226,8 @@ def _load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def check_tensorrt_compatible(model_or_path: onnx.ModelProto | str | os.PathLike,
-                              table: OperatorTable | None = None) -> None:
+                              table: OperatorTable | None = None,
+                              installed: Callable[[], str | None] = installed_tensorrt_version) -> None:
     """Raise PansegError (one line, naming every offending node and op type) unless TensorRT can parse the model."""
     table = table or load_supported_operators()
     if isinstance(model_or_path, onnx.ModelProto):
@@ -210,4 +241,5 @@ def check_tensorrt_compatible(model_or_path: onnx.ModelProto | str | os.PathLike
         more = f" and {len(offending) - MAX_LISTED} more" if len(offending) > MAX_LISTED else ""
         problems.append(f"{len(offending)} node(s) TensorRT cannot parse: {listed}{more}")
     if problems:
-        raise PansegError(f"{source}: not TensorRT {table.tensorrt_version} compatible: {'; '.join(problems)}")
+        raise PansegError(f"{source}: TensorRT's ONNX parser would refuse it ({table_provenance(table, installed())}):"
+                          f" {'; '.join(problems)}")

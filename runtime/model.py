@@ -106,6 +106,16 @@ def check_engine(detector: Backend, info: ModelInfo, masks: Backend | None = Non
     return EngineShape.from_spec(inputs[IMAGES])
 
 
+def _device_pair(detector: Backend, masks: Backend | None) -> Any:
+    """A TensorRT query-sparse pair whose per-image tensors never leave the GPU (runtime/backends/tensorrt_pair.py);
+    None for any other model."""
+    if masks is None or detector.name != "tensorrt" or masks.name != "tensorrt":
+        return None
+    from runtime.backends.tensorrt_pair import TensorRTPair
+
+    return TensorRTPair(detector, masks)  # type: ignore[arg-type]
+
+
 class PanopticModel:
     """An exported panoptic model, loaded and checked: its graphs (one, or the query-sparse pair), metadata and input
     shape. Close it (or use ``with``) to free both engines."""
@@ -120,6 +130,7 @@ class PanopticModel:
         self.shape = shape
         self.feeds_padding_mask = any(s.name == PADDING_MASK for s in detector.input_specs())
         self._stack = stack
+        self.device_pair = _device_pair(detector, masks)  # both TensorRT: the hand-off stays on the GPU
 
     @property
     def query_sparse(self) -> bool:
@@ -155,6 +166,8 @@ class PanopticModel:
         ``select`` replaces the threshold rule (``panseg-rt bench`` keeps a fixed number of queries per image)."""
         feeds = self.feeds(images, padding_mask)
         is_thing = self.info.is_thing
+        if self.device_pair is not None:
+            return self.device_pair.run(feeds, threshold, is_thing, nms_iou, select)
         if self.masks is not None:
             return run_query_sparse(self.detector.infer, self.masks.infer, feeds, threshold, is_thing, nms_iou, select)
         out = self.detector.infer(feeds, list(SINGLE_GRAPH_OUTPUTS))

@@ -440,7 +440,9 @@ class StubTensorRT:
     __version__ = "10.15.1.29"
     NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
     MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-    BuilderFlag = SimpleNamespace(VERSION_COMPATIBLE="VERSION_COMPATIBLE")
+    BuilderFlag = SimpleNamespace(VERSION_COMPATIBLE="VERSION_COMPATIBLE", TF32="TF32")
+    ProfilingVerbosity = SimpleNamespace(DETAILED="DETAILED")
+    LayerInformationFormat = SimpleNamespace(JSON="JSON")
     HardwareCompatibilityLevel = SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC")
 
     class Logger:
@@ -494,6 +496,9 @@ class StubTensorRT:
             def set_flag(self, flag):
                 stub.calls.append(("set_flag", flag))
 
+            def clear_flag(self, flag):
+                stub.calls.append(("clear_flag", flag))
+
             def __setattr__(self, name, value):
                 stub.calls.append(("config." + name, value))
 
@@ -535,7 +540,17 @@ class StubTensorRT:
                 return SimpleNamespace(node_name=lambda: name, node_operator=lambda: op, desc=lambda: desc,
                                        code=lambda: "UNSUPPORTED_NODE", node=lambda: index)
 
-        self.Builder, self.OnnxParser = Builder, OnnxParser
+        class Runtime:  # what --inspect deserializes the plan just built with
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                stub.calls.append(("deserialize", bytes(plan)))
+                info = json.dumps({"plan": bytes(plan).decode(errors="replace"), "Layers": ["conv1"]})
+                inspector = SimpleNamespace(get_engine_information=lambda fmt: info if fmt == "JSON" else None)
+                return SimpleNamespace(create_engine_inspector=lambda: inspector)
+
+        self.Builder, self.OnnxParser, self.Runtime = Builder, OnnxParser, Runtime
 
     def named(self, name):
         return [c for c in self.calls if c[0] == name]
@@ -830,3 +845,805 @@ def test_model_info_finds_the_mask_engine_next_to_a_plan_and_refuses_an_onnx_one
     # the ONNX detector itself still names its ONNX mask graph
     assert parse_model_info({k: json.dumps(v) for k, v in metadata.items()}, str(tiny_export)).mask_graph == \
         "tiny.masks.onnx"
+
+
+# ---------------------------------------------------------------- the runtime on a fake GPU: a fake cudart + engines
+#
+# FakeCudart follows cuda-python's convention (every call returns ``(error, *values)``); its "device memory" is ctypes
+# host memory, each allocation tagged with the device that was current when it was made, and every copy checks that
+# its addresses lie inside allocations of the right kind on the current device. FakeEngine computes its outputs with
+# numpy from the bytes at the addresses bound with set_tensor_address. Together they run the backend's buffer,
+# binding and hand-off logic for real; what TensorRT and CUDA would do on a GPU is tests/test_tensorrt_gpu.py's job.
+
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import threading  # noqa: E402
+import weakref  # noqa: E402
+
+from runtime.contract import KEY_QUERY_SPARSE  # noqa: E402
+from runtime.sparse import run_query_sparse  # noqa: E402
+
+
+class FakeError(int):
+    @property
+    def value(self) -> int:
+        return int(self)
+
+
+OK = FakeError(0)
+INVALID_DEVICE = FakeError(101)
+
+
+class FakeCudart:
+    """cuda.bindings.runtime stand-in: two "GPUs", per-thread current device, ctypes memory, a log of every call."""
+
+    class cudaMemcpyKind:  # noqa: N801 - cuda-python's spelling
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice = "h2d", "d2h", "d2d"
+
+    def __init__(self, devices=(("NVIDIA L4", 8, 9), ("NVIDIA L4", 8, 9)), fail: dict | None = None):
+        self.devices = devices
+        self.fail = dict(fail or {})  # call name -> error code to return
+        self._local = threading.local()
+        self.memory: dict[int, tuple[object, str, int, int]] = {}  # address -> (ctypes buffer, kind, device, size)
+        self.streams: dict[int, int] = {}
+        self.log: list[tuple] = []  # (call, device current in the calling thread, details...)
+        self._next_stream = 1
+
+    # -- bookkeeping
+    @property
+    def current(self) -> int:
+        return getattr(self._local, "device", 0)
+
+    def live(self, kind: str | None = None) -> list[int]:
+        return [a for a, (_, k, _, _) in self.memory.items() if kind is None or k == kind]
+
+    def calls(self, name: str) -> list[tuple]:
+        return [c for c in self.log if c[0] == name]
+
+    def copies(self, kind: str) -> list[int]:
+        return [c[2] for c in self.log if c[0] == "cudaMemcpyAsync" and c[3] == kind]
+
+    def allocation(self, address: int, nbytes: int, kind: str) -> tuple:
+        for start, (buf, k, device, size) in self.memory.items():
+            if start <= address and address + nbytes <= start + size:
+                assert k == kind, f"address {address:#x} is {k} memory, expected {kind}"
+                return buf, k, device, size
+        raise AssertionError(f"{nbytes} bytes at {address:#x} are not inside any {kind} allocation")
+
+    def _call(self, name, *details):
+        self.log.append((name, self.current, *details))
+        return FakeError(self.fail[name]) if name in self.fail else OK
+
+    def _alloc(self, name, kind, nbytes):
+        err = self._call(name, nbytes)
+        if err:
+            return err, 0
+        buf = ctypes.create_string_buffer(int(nbytes))
+        address = ctypes.addressof(buf)
+        self.memory[address] = (buf, kind, self.current, int(nbytes))
+        return OK, address
+
+    def _free(self, name, kind, address):
+        self._call(name, address)
+        assert address in self.memory and self.memory[address][1] == kind, f"{name} of {address:#x}"
+        del self.memory[address]
+        return (OK,)
+
+    # -- the API
+    def cudaSetDevice(self, device):  # noqa: N802
+        err = self._call("cudaSetDevice", device)
+        if err or not 0 <= device < len(self.devices):
+            return (err or INVALID_DEVICE,)
+        self._local.device = device
+        return (OK,)
+
+    def cudaGetDeviceProperties(self, device):  # noqa: N802
+        name, major, minor = self.devices[device]
+        return self._call("cudaGetDeviceProperties", device), SimpleNamespace(name=name.encode() + b"\0\0",
+                                                                              major=major, minor=minor)
+
+    def cudaGetErrorName(self, error):  # noqa: N802
+        names = {35: b"cudaErrorInsufficientDriver", 101: b"cudaErrorInvalidDevice", 2: b"cudaErrorMemoryAllocation"}
+        return OK, names.get(int(error), b"cudaErrorUnknown")
+
+    def cudaMalloc(self, nbytes):  # noqa: N802
+        return self._alloc("cudaMalloc", "device", nbytes)
+
+    def cudaMallocHost(self, nbytes):  # noqa: N802
+        return self._alloc("cudaMallocHost", "pinned", nbytes)
+
+    def cudaFree(self, address):  # noqa: N802
+        return self._free("cudaFree", "device", address)
+
+    def cudaFreeHost(self, address):  # noqa: N802
+        return self._free("cudaFreeHost", "pinned", address)
+
+    def cudaStreamCreate(self):  # noqa: N802
+        handle, self._next_stream = self._next_stream, self._next_stream + 1
+        self.streams[handle] = self.current
+        return self._call("cudaStreamCreate", handle), handle
+
+    def cudaStreamSynchronize(self, stream):  # noqa: N802
+        return (self._call("cudaStreamSynchronize", stream),)
+
+    def cudaStreamDestroy(self, stream):  # noqa: N802
+        del self.streams[stream]
+        return (self._call("cudaStreamDestroy", stream),)
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802
+        err = self._call("cudaMemcpyAsync", nbytes, kind, stream)
+        src_kind, dst_kind = {"h2d": ("pinned", "device"), "d2h": ("device", "pinned"),
+                              "d2d": ("device", "device")}[kind]
+        for address, want in ((src, src_kind), (dst, dst_kind)):
+            _, _, device, _ = self.allocation(address, nbytes, want)
+            if want == "device":
+                assert device == self.current, f"device memory of GPU {device} used while GPU {self.current} is current"
+        assert self.streams[stream] == self.current, "a stream of another device"
+        ctypes.memmove(dst, src, nbytes)
+        return (err,)
+
+
+class FakeDataType:
+    def __init__(self, name, dtype):
+        self.name, self.np, self.itemsize = name, np.dtype(dtype), np.dtype(dtype).itemsize
+
+    def __repr__(self):
+        return f"DataType.{self.name}"
+
+
+FLOAT, BOOL, INT64 = FakeDataType("FLOAT", np.float32), FakeDataType("BOOL", np.bool_), FakeDataType("INT64", np.int64)
+_FAKE_TYPES = {np.dtype(np.float32): FLOAT, np.dtype(np.bool_): BOOL, np.dtype(np.int64): INT64}
+
+
+class FakeNetwork:
+    """What a fake plan computes: inputs (name -> dtype, declared dims with -1, profile), and a numpy function giving
+    every output from the inputs (output shapes follow from running it on zeros of the input shapes)."""
+
+    def __init__(self, inputs: dict, outputs: dict, compute):
+        self.inputs, self.outputs, self.compute = inputs, outputs, compute  # outputs: name -> dtype
+
+    def output_shapes(self, shapes: dict) -> dict:
+        zeros = {n: np.zeros(shapes[n], self.inputs[n][0]) for n in self.inputs}
+        return {n: a.shape for n, a in self.compute(zeros).items()}
+
+
+class FakeEngine:
+    def __init__(self, network: FakeNetwork, cudart: FakeCudart, max_output_size: bool):
+        self.network, self.cudart, self.max_output_size = network, cudart, max_output_size
+        self.names = [*network.inputs, *network.outputs]
+        self.contexts: list[FakeContext] = []
+
+    @property
+    def num_io_tensors(self):
+        return len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_dtype(self, name):
+        dtype = self.network.inputs[name][0] if name in self.network.inputs else self.network.outputs[name]
+        return _FAKE_TYPES[np.dtype(dtype)]
+
+    def get_tensor_mode(self, name):
+        return "INPUT" if name in self.network.inputs else "OUTPUT"
+
+    def get_tensor_shape(self, name):
+        if name in self.network.inputs:
+            return self.network.inputs[name][1]
+        largest = self.network.output_shapes({n: p[2].max for n, p in self.network.inputs.items()})
+        return tuple(-1 for _ in largest[name])
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0
+        p = self.network.inputs[name][2]
+        return [p.min, p.opt, p.max]
+
+    def create_execution_context(self):
+        context = (FakeContext if self.max_output_size else FakeContextWithoutMaxSize)(self)
+        self.contexts.append(context)
+        return context
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine):
+        self.engine, self.shapes, self.addresses, self.runs = engine, {}, {}, []
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(int(d) for d in shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        if name in self.engine.network.inputs:
+            return self.shapes[name]
+        return self.engine.network.output_shapes(self.shapes)[name]
+
+    def get_max_output_size(self, name):
+        network = self.engine.network
+        shape = network.output_shapes({n: p[2].max for n, p in network.inputs.items()})[name]
+        return int(np.prod(shape)) * np.dtype(network.outputs[name]).itemsize
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = int(address)
+        return True
+
+    def execute_async_v3(self, stream):
+        network, cudart = self.engine.network, self.engine.cudart
+        inputs = {}
+        for name, (dtype, _, _) in network.inputs.items():
+            count = int(np.prod(self.shapes[name]))
+            nbytes = count * np.dtype(dtype).itemsize
+            _, _, device, _ = cudart.allocation(self.addresses[name], nbytes, "device")
+            assert device == cudart.current, f"input {name} on GPU {device}, GPU {cudart.current} current"
+            raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self.addresses[name])
+            inputs[name] = np.frombuffer(raw, dtype, count).reshape(self.shapes[name]).copy()
+        outputs = network.compute(inputs)
+        for name, array in outputs.items():
+            array = np.ascontiguousarray(array, network.outputs[name])
+            cudart.allocation(self.addresses[name], array.nbytes, "device")
+            ctypes.memmove(self.addresses[name], array.ctypes.data, array.nbytes)
+        self.runs.append({"stream": stream, "device": cudart.current, "addresses": dict(self.addresses)})
+        return True
+
+
+class FakeContextWithoutMaxSize(FakeContext):
+    def __getattribute__(self, name):
+        if name == "get_max_output_size":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class FakeTensorRT:
+    """The ``tensorrt`` module as the runtime uses it: deserializing a plan gives the FakeNetwork registered for its
+    bytes."""
+
+    __version__ = "10.15.1.29"
+    TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, severity):
+            self.severity = severity
+
+    def __init__(self, cudart: FakeCudart, max_output_size: bool = True):
+        self.plans: dict[bytes, FakeNetwork] = {}
+        self.engines: list[FakeEngine] = []
+        fake = self
+
+        class Runtime:
+            def __init__(self, logger):
+                self.engine_host_code_allowed = False
+
+            def deserialize_cuda_engine(self, plan):
+                engine = FakeEngine(fake.plans[bytes(plan)], cudart, max_output_size)
+                fake.engines.append(engine)
+                return engine
+
+        self.Runtime = Runtime
+
+    @staticmethod
+    def nptype(dtype):
+        return dtype.np
+
+
+# ---- the fake models: a detector and its mask head, plain numpy (the same functions are the reference)
+
+FAKE_DIM, FAKE_CLASSES = 16, 6
+
+
+def fake_detector_compute(queries: int, dim: int = FAKE_DIM, classes: int = FAKE_CLASSES):
+    rng = np.random.default_rng(7)
+    table = rng.standard_normal((queries, dim)).astype(np.float32)
+    project = rng.standard_normal((dim, classes + 1)).astype(np.float32)
+
+    def compute(f):
+        images, mask = f["images"], f["padding_mask"]
+        level = images.mean(axis=(1, 2, 3), dtype=np.float32)
+        hs = (table[None] * (1 + level[:, None, None])).astype(np.float32)
+        return {"pred_logits": (hs @ project * 3).astype(np.float32),
+                "pred_boxes": (1 / (1 + np.exp(-hs[..., :4]))).astype(np.float32),
+                "hs": hs,
+                "attn_keys": images[:, :2, ::32, ::32] * 2,
+                "memory_mask": mask[:, ::32, ::32].copy(),
+                "lay1_image": images[:, :1, ::32, ::32] + 1,
+                "fpn_s16": images[:, :1, ::16, ::16] - 1,
+                "fpn_s8": images[:, :2, ::8, ::8] * 0.5,
+                "fpn_s4": images[:, :2, ::4, ::4] * 1.5}
+
+    return compute
+
+
+def fake_masks_compute(f):
+    idx, hs = f["image_index"], f["hs_kept"]
+    fpn = f["fpn_s4"][idx]
+    extra = (f["attn_keys"][idx].sum(axis=(1, 2, 3)) + f["lay1_image"][idx].sum(axis=(1, 2, 3))
+             + f["fpn_s16"][idx].sum(axis=(1, 2, 3)) + f["fpn_s8"][idx].sum(axis=(1, 2, 3))
+             + f["memory_mask"][idx].sum(axis=(1, 2)))
+    masks = fpn[:, 0] * hs[:, 0, None, None] + fpn[:, 1] * hs[:, 1, None, None] + extra[:, None, None]
+    return {"masks_kept": masks.astype(np.float32)}
+
+
+def fake_pair_networks(queries: int, min_bhw, opt_bhw, max_bhw, classes: int = FAKE_CLASSES):
+    def image(bhw, c=3):
+        return (bhw[0], c, bhw[1], bhw[2])
+
+    def strided(bhw, c, s):
+        return (bhw[0], c, -(-bhw[1] // s), -(-bhw[2] // s))
+
+    det_inputs = {"images": (np.float32, (-1, 3, -1, -1), TensorProfile(image(min_bhw), image(opt_bhw),
+                                                                          image(max_bhw))),
+                  "padding_mask": (np.bool_, (-1, -1, -1), TensorProfile(min_bhw, opt_bhw, max_bhw))}
+    detector = FakeNetwork(det_inputs, {"pred_logits": np.float32, "pred_boxes": np.float32, "hs": np.float32,
+                                        "attn_keys": np.float32, "memory_mask": np.bool_, "lay1_image": np.float32,
+                                        "fpn_s16": np.float32, "fpn_s8": np.float32, "fpn_s4": np.float32},
+                           fake_detector_compute(queries, classes=classes))
+    per_image = {"attn_keys": (2, 32), "lay1_image": (1, 32), "fpn_s16": (1, 16), "fpn_s8": (2, 8), "fpn_s4": (2, 4)}
+    kept = (1, min(20, queries) * opt_bhw[0], queries * max_bhw[0])
+    mask_inputs = {"hs_kept": (np.float32, (-1, FAKE_DIM), TensorProfile((kept[0], FAKE_DIM), (kept[1], FAKE_DIM),
+                                                                         (kept[2], FAKE_DIM))),
+                   "image_index": (np.int64, (-1,), TensorProfile((kept[0],), (kept[1],), (kept[2],)))}
+    for name, (c, s) in per_image.items():
+        mask_inputs[name] = (np.float32, (-1, c, -1, -1),
+                             TensorProfile(*(strided(b, c, s) for b in (min_bhw, opt_bhw, max_bhw))))
+    mask_inputs["memory_mask"] = (np.bool_, (-1, -1, -1),
+                                  TensorProfile(*(strided(b, 1, 32)[:1] + strided(b, 1, 32)[2:]
+                                                  for b in (min_bhw, opt_bhw, max_bhw))))
+    masks = FakeNetwork(mask_inputs, {"masks_kept": np.float32}, fake_masks_compute)
+    return detector, masks
+
+
+def numpy_graph(network: FakeNetwork):
+    """The reference: the same computation as a numpy RunGraph (what runtime/sparse.py calls)."""
+    return lambda feeds, names: {n: v for n, v in network.compute(dict(feeds)).items() if n in names}
+
+
+def write_fake_plan(path: Path, fake_trt: FakeTensorRT, network: FakeNetwork, metadata: dict | None = None) -> Path:
+    plan = f"fake plan {path.name}".encode()
+    fake_trt.plans[plan] = network
+    path.write_bytes(plan)
+    profile = {n: p for n, (_, _, p) in network.inputs.items()}
+    write_sidecar(path, metadata or {"threshold": 0.5}, _info(gpu=L4, profile=profile,
+                                                              plan_sha256=hashlib.sha256(plan).hexdigest(),
+                                                              plan_bytes=len(plan)))
+    return path
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A fake cudart and tensorrt installed where the backend imports them."""
+    import runtime.backends.tensorrt_backend as backend_module
+
+    cudart = FakeCudart()
+    trt = FakeTensorRT(cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(backend_module, "import_cudart", lambda: cudart)
+    return SimpleNamespace(cudart=cudart, trt=trt)
+
+
+SMALL = dict(min_bhw=(1, 64, 64), opt_bhw=(1, 64, 96), max_bhw=(2, 128, 160))
+
+
+def _fake_images(shapes, seed):
+    rng = np.random.default_rng(seed)
+    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    images = np.zeros((len(shapes), 3, h, w), np.float32)
+    mask = np.ones((len(shapes), h, w), bool)
+    for i, (ih, iw) in enumerate(shapes):
+        images[i, :, :ih, :iw] = rng.standard_normal((3, ih, iw))
+        mask[i, :ih, :iw] = False
+    return {"images": images, "padding_mask": mask}
+
+
+def test_fake_gpu_buffers_are_allocated_once_at_the_profile_maximum_for_growing_and_shrinking_batches(fake_gpu,
+                                                                                                     tmp_path):
+    detector, _ = fake_pair_networks(5, **SMALL)
+    plan = write_fake_plan(tmp_path / "d.plan", fake_gpu.trt, detector)
+    reference = numpy_graph(detector)
+    cudart = fake_gpu.cudart
+    with TensorRTBackend(plan) as backend:
+        for shapes, seed in (([(64, 64)], 1), ([(128, 160), (100, 64)], 2), ([(64, 96)], 3), ([(128, 128)], 4)):
+            feeds = _fake_images(shapes, seed)
+            got = backend.infer(feeds)
+            want = reference(feeds, list(got))
+            assert set(got) == set(detector.outputs)
+            for name in want:
+                assert got[name].tobytes() == want[name].tobytes() and got[name].shape == want[name].shape, name
+        mallocs = [c[2] for c in cudart.calls("cudaMalloc")]
+        # one device buffer per tensor, each sized for the profile's maximum (2 x 3 x 128 x 160 images, ...)
+        assert len(mallocs) == len(detector.inputs) + len(detector.outputs)
+        assert 2 * 3 * 128 * 160 * 4 in mallocs and 2 * 128 * 160 in mallocs
+        assert len(cudart.calls("cudaMallocHost")) == len(mallocs)
+        assert not cudart.calls("cudaFree") and not cudart.calls("cudaFreeHost")
+    assert cudart.live() == [] and not cudart.streams
+
+
+def test_fake_gpu_buffers_without_get_max_output_size_come_from_the_output_shapes_at_the_profile_maximum(
+        monkeypatch, tmp_path):
+    import runtime.backends.tensorrt_backend as backend_module
+
+    cudart = FakeCudart()
+    trt = FakeTensorRT(cudart, max_output_size=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(backend_module, "import_cudart", lambda: cudart)
+    detector, _ = fake_pair_networks(5, **SMALL)
+    plan = write_fake_plan(tmp_path / "d.plan", trt, detector)
+    with TensorRTBackend(plan) as backend:
+        assert not hasattr(trt.engines[0].contexts[0], "get_max_output_size")
+        out = backend.infer(_fake_images([(128, 160), (64, 64)], 5), ["fpn_s4"])
+        assert out["fpn_s4"].shape == (2, 2, 32, 40)
+        assert 2 * 2 * 32 * 40 * 4 in [c[2] for c in cudart.calls("cudaMalloc")]
+
+
+def test_fake_gpu_only_the_requested_outputs_are_copied_back(fake_gpu, tmp_path):
+    detector, _ = fake_pair_networks(5, **SMALL)
+    plan = write_fake_plan(tmp_path / "d.plan", fake_gpu.trt, detector)
+    cudart = fake_gpu.cudart
+    feeds = _fake_images([(64, 96)], 6)
+    with TensorRTBackend(plan) as backend:
+        out = backend.infer(feeds, ["pred_boxes"])
+        assert set(out) == {"pred_boxes"}
+        assert out["pred_boxes"].tobytes() == numpy_graph(detector)(feeds, ["pred_boxes"])["pred_boxes"].tobytes()
+        assert cudart.copies("d2h") == [out["pred_boxes"].nbytes]
+        assert cudart.copies("h2d") == [feeds["images"].nbytes, feeds["padding_mask"].nbytes]
+        # pinned memory only for what crosses: the two inputs and the one output
+        assert len(cudart.calls("cudaMallocHost")) == 3
+        assert backend.transfers.as_dict() == {"h2d_bytes": feeds["images"].nbytes + feeds["padding_mask"].nbytes,
+                                               "h2d_copies": 2, "d2h_bytes": out["pred_boxes"].nbytes,
+                                               "d2h_copies": 1, "d2d_bytes": 0, "d2d_copies": 0}
+
+
+def test_fake_gpu_close_and_the_finalizer_free_everything(fake_gpu, tmp_path):
+    detector, _ = fake_pair_networks(5, **SMALL)
+    plan = write_fake_plan(tmp_path / "d.plan", fake_gpu.trt, detector)
+    cudart = fake_gpu.cudart
+    backend = TensorRTBackend(plan)
+    backend.infer(_fake_images([(64, 64)], 1))
+    assert cudart.live("device") and cudart.live("pinned") and cudart.streams
+    backend.close()
+    assert cudart.live() == [] and not cudart.streams
+    backend.close()  # twice is harmless
+    with pytest.raises(PansegError, match="used after close"):
+        backend.infer(_fake_images([(64, 64)], 1))
+    # never closed: dropping the last reference frees the memory too
+    dropped = TensorRTBackend(plan)
+    dropped.infer(_fake_images([(64, 64)], 1))
+    assert cudart.live()
+    alive = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert alive() is None
+    assert cudart.live() == [] and not cudart.streams
+
+
+def test_fake_gpu_a_call_from_another_thread_runs_on_the_backends_device(fake_gpu, tmp_path):
+    detector, _ = fake_pair_networks(5, **SMALL)
+    plan = write_fake_plan(tmp_path / "d.plan", fake_gpu.trt, detector)
+    cudart = fake_gpu.cudart
+    feeds = _fake_images([(64, 96)], 8)
+    with TensorRTBackend(plan, device=1) as backend:
+        cudart.cudaSetDevice(0)  # this thread moves on to GPU 0 (e.g. another library, another backend)
+        results, errors = [], []
+
+        def worker():  # a fresh thread starts on device 0
+            try:
+                results.append(backend.infer(feeds, ["pred_logits"]))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert not errors, errors
+        assert results[0]["pred_logits"].tobytes() == \
+            numpy_graph(detector)(feeds, ["pred_logits"])["pred_logits"].tobytes()
+        allocations = {device for (_, _, device, _) in cudart.memory.values()}
+        assert allocations == {1}  # every buffer on the backend's GPU, none on the thread's default
+        assert {r["device"] for r in fake_gpu.trt.engines[0].contexts[0].runs} == {1}
+        assert backend.infer(feeds, ["pred_logits"])["pred_logits"].tobytes() == \
+            results[0]["pred_logits"].tobytes()  # and back in this thread, whose current device is 0
+    assert cudart.live() == []
+
+
+def test_fake_gpu_an_unknown_device_and_an_old_driver_are_one_line_errors(fake_gpu, tmp_path):
+    detector, _ = fake_pair_networks(5, **SMALL)
+    plan = write_fake_plan(tmp_path / "d.plan", fake_gpu.trt, detector)
+    with pytest.raises(PansegError, match=r"cudaSetDevice\(2\) failed: cudaErrorInvalidDevice"):
+        TensorRTBackend(plan, device=2)
+    fake_gpu.cudart.fail["cudaSetDevice"] = 35
+    with pytest.raises(PansegError, match=r"cudaErrorInsufficientDriver \(no NVIDIA driver, or one older .*cu12"):
+        TensorRTBackend(plan)
+
+
+def _fake_pair(fake_gpu, tmp_path, queries, flags, classes=FAKE_CLASSES, metadata=None):
+    detector, masks = fake_pair_networks(queries, **flags, classes=classes)
+    det_plan = write_fake_plan(tmp_path / "m.plan", fake_gpu.trt, detector, metadata)
+    mask_plan = write_fake_plan(tmp_path / "m.masks.plan", fake_gpu.trt, masks)
+    return detector, masks, det_plan, mask_plan
+
+
+def _same_outputs(got, want):
+    assert got.pred_logits.tobytes() == want.pred_logits.tobytes()
+    assert got.pred_boxes.tobytes() == want.pred_boxes.tobytes()
+    assert got.kept_counts == want.kept_counts
+    for g, w in zip(got.kept, want.kept, strict=True):
+        for field_name in ("indices", "scores", "labels", "masks"):
+            a, b = getattr(g, field_name), getattr(w, field_name)
+            assert a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes(), field_name
+
+
+def test_fake_gpu_pair_hands_the_per_image_tensors_over_on_the_device(fake_gpu, tmp_path):
+    """The device-resident pair gives byte for byte what runtime/sparse.py gives on the numpy graphs, and the mask
+    engine reads the detector's own buffers: no per-image tensor crosses, none is allocated twice."""
+    from runtime.backends.tensorrt_pair import TensorRTPair
+
+    detector, masks, det_plan, mask_plan = _fake_pair(fake_gpu, tmp_path, 5, SMALL)
+    cudart = fake_gpu.cudart
+    with TensorRTBackend(det_plan) as det, TensorRTBackend(mask_plan) as mask_backend:
+        pair = TensorRTPair(det, mask_backend)
+        for shapes, seed, threshold in (([(64, 64)], 1, 0.2), ([(128, 160), (96, 64)], 2, 0.0),
+                                        ([(64, 96)], 3, 0.99999), ([(100, 100), (64, 64)], 4, 0.3)):
+            feeds = _fake_images(shapes, seed)
+            pair.reset_transfers()
+            log_start = len(cudart.log)
+            got = pair.run(feeds, threshold)
+            want = run_query_sparse(numpy_graph(detector), numpy_graph(masks), feeds, threshold)
+            _same_outputs(got, want)
+            kept = sum(got.kept_counts)
+            copies = [c for c in cudart.log[log_start:] if c[0] == "cudaMemcpyAsync"]
+            # up: images, padding_mask (+ image_index); down: logits, boxes (+ the kept masks); nothing else crosses
+            assert [c[3] for c in copies if c[3] != "d2d"] == ["h2d", "h2d", "d2h", "d2h"] + (
+                ["h2d", "d2h"] if kept else [])
+            expected_h2d = feeds["images"].nbytes + feeds["padding_mask"].nbytes + kept * 8
+            expected_d2h = want.pred_logits.nbytes + want.pred_boxes.nbytes + sum(k.masks.nbytes for k in want.kept)
+            assert pair.transfers().h2d_bytes == expected_h2d
+            assert pair.transfers().d2h_bytes == expected_d2h
+            assert pair.transfers().d2d_bytes == kept * FAKE_DIM * 4  # the kept hs rows, gathered on the device
+            if kept:
+                run = fake_gpu.trt.engines[1].contexts[0].runs[-1]
+                for name in PER_IMAGE:
+                    assert run["addresses"][name] == det.device_output(name).address, name
+        # the mask engine never allocated its own per-image buffers: it only ever read the detector's
+        mask_buffers = mask_backend._resources.buffers
+        assert set(mask_buffers) == {"hs_kept", "image_index", "masks_kept"}
+    assert cudart.live() == []
+
+
+def test_fake_gpu_pair_traffic_per_image_at_800x1066_with_20_kept_queries(fake_gpu, tmp_path):
+    """The issue's target: host <-> device bytes per image, excluding the model's inputs and the returned masks,
+    <= 0.5 MB at 800 x 1066 with 20 kept queries (100 queries, 250 classes + no-object, as detr's COCO model)."""
+    from runtime.backends.tensorrt_pair import TensorRTPair
+
+    flags = dict(min_bhw=(1, 800, 1066), opt_bhw=(1, 800, 1066), max_bhw=(1, 800, 1066))
+    detector, masks, det_plan, mask_plan = _fake_pair(fake_gpu, tmp_path, 100, flags, classes=250)
+
+    def top20(logits, boxes):
+        order = np.sort(np.argsort(-logits[:, :-1].max(-1))[:20])
+        return order, logits[order, :-1].max(-1), logits[order, :-1].argmax(-1)
+
+    feeds = _fake_images([(800, 1066)], 9)
+    with TensorRTBackend(det_plan) as det, TensorRTBackend(mask_plan) as mask_backend:
+        pair = TensorRTPair(det, mask_backend)
+        got = pair.run(feeds, 0.5, select=top20)
+        traffic = pair.transfers()
+    want = run_query_sparse(numpy_graph(detector), numpy_graph(masks), feeds, 0.5, select=top20)
+    _same_outputs(got, want)
+    assert got.kept_counts == [20]
+    inputs = feeds["images"].nbytes + feeds["padding_mask"].nbytes
+    returned_masks = got.kept[0].masks.nbytes
+    other = traffic.crossed_bytes - inputs - returned_masks
+    # logits 100 x 251 x 4 + boxes 100 x 4 x 4 down, image_index 20 x 8 up; hs rows gathered on the device
+    assert other == 100 * 251 * 4 + 100 * 4 * 4 + 20 * 8
+    assert other <= 0.5e6
+    assert traffic.d2d_bytes == 20 * FAKE_DIM * 4
+
+
+def test_fake_gpu_load_model_runs_a_tensorrt_pair_on_the_device(fake_gpu, tiny_export, tmp_path):
+    """load_model: both graphs TensorRT plans -> PanopticModel.run goes through the device-resident pair and returns
+    what the numpy path returns."""
+    from export.onnx.metadata import read_metadata
+    from export.tensorrt.masks import detector_sidecar_metadata
+    from runtime.model import load_model
+
+    onnx_meta = read_metadata(tiny_export)
+    queries, classes = onnx_meta["num_queries"], onnx_meta["num_classes"]
+    metadata = detector_sidecar_metadata(onnx_meta, tmp_path / "m.masks.plan", "ab" * 32)
+    detector, masks, det_plan, _ = _fake_pair(fake_gpu, tmp_path, queries, SMALL, classes=classes,
+                                              metadata=metadata)
+    assert KEY_QUERY_SPARSE in metadata
+    feeds = _fake_images([(96, 128), (64, 64)], 11)
+    with load_model(det_plan) as model:
+        assert model.device_pair is not None and model.query_sparse
+        got = model.run(feeds["images"], feeds["padding_mask"], threshold=0.0)
+        traffic = model.device_pair.transfers()
+    want = run_query_sparse(numpy_graph(detector), numpy_graph(masks), feeds, 0.0, model.info.is_thing)
+    _same_outputs(got, want)
+    assert sum(got.kept_counts) > 0 and traffic.d2d_copies > 0
+    assert fake_gpu.cudart.live() == []
+
+
+# ---------------------------------------------------------------- --device, --no-tf32, --inspect (builder plumbing)
+
+
+def test_plumbing_device_tf32_and_inspect_reach_the_builder_and_the_trtexec_line(onnx_path, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import runtime.backends.tensorrt_backend as backend_module
+
+    stub = StubTensorRT(plan=b"stub plan bytes")
+    monkeypatch.setitem(sys.modules, "tensorrt", stub)
+    monkeypatch.setattr(backend_module, "import_cudart", lambda: object())
+    devices = []
+    monkeypatch.setattr(backend_module, "current_gpu", lambda cudart=None, device=0: devices.append(device) or L4)
+    plan = tmp_path / "m.plan"
+    code, out, err = _run([onnx_path, "-o", plan, "--device", "1", "--no-tf32", "--inspect", "--quiet"], capsys)
+    assert code == 0, err
+    assert devices == [1]  # the GPU identified for the side file, and made current for the build, is device 1
+    assert stub.named("clear_flag") == [("clear_flag", "TF32")]
+    assert ("config.profiling_verbosity", "DETAILED") in stub.calls
+    layers = json.loads(plan.with_name("m.plan.layers.json").read_text())
+    assert layers == {"plan": "stub plan bytes", "Layers": ["conv1"]}
+    line = shlex.split(next(x for x in out.splitlines() if x.strip().startswith("trtexec ")))
+    assert {"--noTF32", "--device=1", "--profilingVerbosity=detailed",
+            f"--exportLayerInfo={plan.with_name('m.plan.layers.json')}"} <= set(line)
+    _, info = read_engine_sidecar(plan)
+    assert info.builder["tf32"] is False
+    # the defaults add none of it
+    default = trtexec_command("m.onnx", "m.plan", _profiles(), BuildOptions())
+    assert not any(a.startswith(("--noTF32", "--device", "--profilingVerbosity", "--exportLayerInfo")) for a in default)
+    code, _, err = _run([onnx_path, "-o", tmp_path / "n.plan", "--device", "-1", "--dry-run"], capsys)
+    assert code == 1 and "CUDA device must be an index" in err
+
+
+# ---------------------------------------------------------------- ONNX Runtime's TensorRT and CUDA providers
+
+
+class RecordingSession:
+    """onnxruntime.InferenceSession that records the providers and options it was given, then runs the model with
+    the CPU provider (no GPU here) while reporting the requested providers as active."""
+
+    created: list[dict] = []
+
+    def __init__(self, path, sess_options=None, providers=None, provider_options=None):
+        import onnxruntime as ort
+
+        RecordingSession.created.append({"path": path, "providers": list(providers or []),
+                                         "provider_options": provider_options})
+        self._session = ort.capi.onnxruntime_inference_collection.InferenceSession(
+            path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self._providers = list(providers or ["CPUExecutionProvider"])
+
+    def get_providers(self):
+        return self._providers
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def gpu_providers(monkeypatch):
+    import onnxruntime as ort
+
+    RecordingSession.created = []
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", RecordingSession)
+    return RecordingSession.created
+
+
+def test_tensorrt_provider_gets_the_profile_export_builds_for_and_cuda_as_its_fallback(tiny_export, tmp_path,
+                                                                                      gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+    from runtime.backends.tensorrt_ep import profile_options
+
+    plan = plan_engine(tiny_export)  # export's own reading of the ONNX graphs: the independent reference
+    mask_onnx = tiny_export.with_name("tiny.masks.onnx")
+    for path, expected in ((tiny_export, plan.profiles), (mask_onnx, plan.mask.profiles)):
+        backend = OnnxRuntimeBackend(path, providers=("tensorrt",), device=1, cache_root=tmp_path / "cache")
+        assert backend.providers == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        session = gpu_providers[-1]
+        assert session["path"] == str(path) and session["providers"] == backend.providers
+        trt_options, cuda_options, cpu_options = session["provider_options"]
+        assert cuda_options == {"device_id": 1} and cpu_options == {}
+        assert trt_options["device_id"] == 1
+        assert {k: v for k, v in trt_options.items() if k.startswith("trt_profile_")} == profile_options(expected)
+        assert trt_options["trt_engine_cache_path"] == trt_options["trt_timing_cache_path"] == \
+            str(backend.tensorrt_cache_dir)
+        assert backend.tensorrt_cache_dir.is_relative_to(tmp_path / "cache")  # never beside the model
+    assert profile_options(plan.profiles)["trt_profile_min_shapes"] == "images:1x3x571x571,padding_mask:1x571x571"
+    assert "hs_kept:1x128" in profile_options(plan.mask.profiles)["trt_profile_min_shapes"]
+
+
+def test_tensorrt_provider_engine_cache_follows_the_model_contents(tiny_export, tmp_path, gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+
+    model = tmp_path / "model" / "tiny.onnx"
+    model.parent.mkdir()
+    model.write_bytes(tiny_export.read_bytes())
+    first = OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=tmp_path / "cache")
+    first_path = gpu_providers[-1]["provider_options"][0]["trt_engine_cache_path"]
+    edited = onnx.load(str(model))
+    edited.doc_string = "retrained"  # same file name, tensor names and versions: only the contents differ
+    onnx.save(edited, model)
+    second = OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=tmp_path / "cache")
+    second_path = gpu_providers[-1]["provider_options"][0]["trt_engine_cache_path"]
+    assert first_path != second_path and first.tensorrt_cache_dir.parent == second.tensorrt_cache_dir.parent
+    assert not Path(first_path).exists() and Path(second_path).is_dir()  # the old engines were pruned
+
+
+def test_tensorrt_provider_with_an_unwritable_cache_still_loads_and_writes_nothing_beside_the_model(
+        tiny_export, tmp_path, gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+
+    model_dir = tmp_path / "read-only models"
+    model_dir.mkdir()
+    model = model_dir / "tiny.onnx"
+    model.write_bytes(tiny_export.read_bytes())
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("")
+    with pytest.warns(RuntimeWarning, match="cannot create the TensorRT engine cache"):
+        OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=blocked)
+    trt_options = gpu_providers[-1]["provider_options"][0]
+    assert "trt_engine_cache_path" not in trt_options and "trt_profile_max_shapes" in trt_options
+    assert sorted(p.name for p in model_dir.iterdir()) == ["tiny.onnx"]
+
+
+def test_tensorrt_provider_without_a_resize_policy_warns_and_builds_per_shape(onnx_path, tmp_path, gpu_providers):
+    from runtime.backends import OnnxRuntimeBackend
+
+    model = synthetic_onnx(tmp_path / "nopolicy.onnx", metadata={"panseg_metadata_version": 1})
+    with pytest.warns(RuntimeWarning, match="no resize policy"):
+        OnnxRuntimeBackend(model, providers=("tensorrt",), cache_root=tmp_path / "cache")
+    assert not any(k.startswith("trt_profile_") for k in gpu_providers[-1]["provider_options"][0])
+
+
+def test_device_flag_reaches_tensorrt_and_the_gpu_providers_only(onnx_path, tmp_path):
+    import argparse
+
+    from runtime.backends import add_backend_arguments, backend_options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    plan = tmp_path / "m.plan"
+    assert backend_options_from_args(plan, parser.parse_args(["--device", "1"])) == {"device": 1}
+    assert backend_options_from_args(plan, parser.parse_args([])) == {"device": 0}
+    assert "device" not in backend_options_from_args(onnx_path, parser.parse_args(["--device", "1"]))
+    gpu = backend_options_from_args(onnx_path, parser.parse_args(["--device", "1", "--providers", "tensorrt"]))
+    assert gpu["device"] == 1 and gpu["providers"] == ("tensorrt",)
+    with pytest.raises(PansegError, match="--device must be a CUDA device index"):
+        backend_options_from_args(plan, parser.parse_args(["--device", "-1"]))
+
+
+# ---------------------------------------------------------------- which TensorRT the operator check speaks for
+
+
+def test_operator_check_names_the_tables_release_and_the_installed_one_when_it_differs(tmp_path):
+    from export.trt_operators import installed_tensorrt_version
+
+    table = load_supported_operators()
+    custom = helper.make_node("FancyOp", ["images"], ["extra"], name="fancy", domain="com.example")
+    model = synthetic_onnx(tmp_path / "custom.onnx", extra_node=custom)
+    release = table.tensorrt_version
+    for installed, says_installed in ((None, False), (f"{release}.1.29", False), ("11.4.0.12", True)):
+        with pytest.raises(PansegError) as info:
+            check_tensorrt_compatible(model, table, installed=lambda v=installed: v)
+        message = str(info.value)
+        assert f"TensorRT {release}'s operator table" in message and "'fancy'" in message and "\n" not in message
+        assert ("TensorRT 11.4.0.12 is installed" in message) == says_installed, installed
+    # the installed release is read from the wheels' metadata: the meta package or a CUDA-specific build
+    assert installed_tensorrt_version({"tensorrt-cu13": "11.4.0.12"}.get) == "11.4.0.12"
+    assert installed_tensorrt_version({}.get) is None
+
+
+def test_fake_gpu_pair_refuses_more_kept_queries_than_the_mask_engine_holds_before_writing_to_it(fake_gpu, tmp_path):
+    from runtime.backends.tensorrt_pair import TensorRTPair
+
+    _, _, det_plan, mask_plan = _fake_pair(fake_gpu, tmp_path, 5, SMALL)
+
+    def keep_every_query_twice(logits, boxes):  # a selection rule gone wrong: more pairs than the profile allows
+        q = np.repeat(np.arange(logits.shape[0]), 2)
+        return q, np.ones(q.size, np.float32), np.zeros(q.size, np.int64)
+
+    with TensorRTBackend(det_plan) as det, TensorRTBackend(mask_plan) as mask_backend:
+        pair = TensorRTPair(det, mask_backend)
+        with pytest.raises(PansegError, match=r"m\.masks\.plan: input hs_kept has shape 20x16, .*allowed 1\.\.10"):
+            pair.run(_fake_images([(64, 64), (64, 64)], 1), 0.5, select=keep_every_query_twice)
+        assert pair.transfers().d2d_copies == 0

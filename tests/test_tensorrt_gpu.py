@@ -285,3 +285,78 @@ def test_infer_runs_the_pair_from_the_detector_plan(sparse_plan, sparse_onnx, tm
         got = read_panoptic_png(tmp_path / "trt" / "panoptic" / f"img{k}.png")
         want = read_panoptic_png(tmp_path / "ort" / "panoptic" / f"img{k}.png")
         assert got.shape == want.shape and np.mean(got == want) >= 0.9, k
+
+
+# ---------------------------------------------------------------- the pair's hand-off on the device
+
+
+def test_device_pair_gives_what_the_numpy_hand_off_gives(pair):
+    """TensorRTPair (per-image tensors read in place on the GPU) against runtime/sparse.py on the same two engines
+    (per-image tensors through the host): the same engines on the same bytes, so the same bytes come out."""
+    from runtime.backends.tensorrt_pair import TensorRTPair
+
+    (det, masks), _ = pair
+    device_pair = TensorRTPair(det, masks)
+    for shapes, seed in (([(128, 96), (80, 128)], 31), ([(64, 64)], 32), ([(128, 128)], 33)):
+        feeds = _batch(shapes, seed)
+        want = run_query_sparse(det.infer, masks.infer, feeds, threshold=0.0)
+        device_pair.reset_transfers()
+        got = device_pair.run(feeds, threshold=0.0)
+        assert sum(want.kept_counts) > 0
+        assert np.array_equal(got.pred_logits, want.pred_logits) and got.kept_counts == want.kept_counts
+        for g, w in zip(got.kept, want.kept, strict=True):
+            assert np.array_equal(g.indices, w.indices) and np.array_equal(g.masks, w.masks)
+        traffic = device_pair.transfers()
+        inputs = feeds["images"].nbytes + feeds["padding_mask"].nbytes
+        returned = sum(k.masks.nbytes for k in got.kept)
+        kept = sum(got.kept_counts)
+        assert traffic.crossed_bytes - inputs - returned == \
+            got.pred_logits.nbytes + got.pred_boxes.nbytes + kept * 8  # logits, boxes down; image_index up
+
+
+def test_load_model_runs_a_plan_pair_on_the_device_and_close_frees_its_memory(sparse_plan):
+    from runtime.backends.tensorrt_cuda import cuda_check
+    from runtime.model import load_model
+
+    cudart = import_cudart()
+    images, mask = random_padded_batch([(96, 128)], 41)
+    free_before = cuda_check(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")[0]
+    model = load_model(sparse_plan)
+    assert model.device_pair is not None
+    for _ in range(3):
+        model.run(images, mask, threshold=0.0)
+    model.close()
+    cudart.cudaDeviceSynchronize()
+    free_after = cuda_check(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")[0]
+    assert int(free_before) - int(free_after) <= 2 << 20
+
+
+def test_a_call_from_another_thread_uses_the_backends_device(plan):
+    import threading
+
+    feeds = _batch([(64, 96)], 51)
+    with TensorRTBackend(plan, device=0) as backend:
+        want = backend.infer(feeds, ["pred_boxes"])["pred_boxes"]
+        got: list = []
+        thread = threading.Thread(target=lambda: got.append(backend.infer(feeds, ["pred_boxes"])["pred_boxes"]))
+        thread.start()
+        thread.join()
+        assert got and np.array_equal(got[0], want)
+
+
+def test_no_tf32_build_is_close_to_fp32_and_inspect_dumps_the_layers(onnx_model, engines, workdir):
+    """--no-tf32 keeps FP32 layers off TF32 tensor cores: agreement with ONNX Runtime's FP32 is far tighter than the
+    TF32 tolerance above. --inspect writes the engine inspector's JSON next to the plan."""
+    path = workdir / "exact.plan"
+    assert main([str(onnx_model), "-o", str(path), *PROFILE, "--no-tf32", "--inspect", "--quiet"]) == 0
+    _, info = read_engine_sidecar(path)
+    assert info.builder["tf32"] is False
+    layers = json.loads(path.with_name("exact.plan.layers.json").read_text())
+    assert layers.get("Layers"), "the inspector listed no layers"
+    feeds = _batch([(96, 128)], 61)
+    with TensorRTBackend(path) as exact:
+        got = exact.infer(feeds)
+    want = engines[1].infer(feeds)
+    for name, ref in want.items():
+        err = float(np.max(np.abs(got[name] - ref)))
+        assert err <= 1e-4 + 1e-3 * float(np.max(np.abs(ref))), (name, err)

@@ -26,7 +26,14 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from export.tensorrt.build import BuildOptions, build_plan, load_tensorrt, trtexec_command
+from export.tensorrt.build import (
+    BuildOptions,
+    build_plan,
+    inspect_plan,
+    layer_info_path,
+    load_tensorrt,
+    trtexec_command,
+)
 from export.tensorrt.masks import (
     detector_sidecar_metadata,
     kept_range,
@@ -162,16 +169,20 @@ def build_engine_file(plan: EnginePlan, progress: bool = True) -> EngineInfo:
         cudart = import_cudart()
     except PansegError as exc:
         raise PansegError(f"cuda-python is needed to identify the GPU for the side file ({exc})") from exc
-    gpu = current_gpu(cudart)
+    gpu = current_gpu(cudart, plan.options.device)  # also makes it the device this thread builds on
     data, info = _build(trt, gpu, plan, progress)
     metadata: Mapping[str, Any] = plan.metadata
     if plan.mask is not None:
         mask_data, mask_info = _build(trt, gpu, plan.mask, progress)
         atomic_write_bytes(plan.mask.output, mask_data)
+        if plan.options.inspect:
+            atomic_write_bytes(layer_info_path(plan.mask.output), inspect_plan(trt, mask_data).encode())
         write_sidecar(plan.mask.output, mask_sidecar_metadata(plan.mask.metadata, plan.metadata, plan.output),
                       mask_info)
         metadata = detector_sidecar_metadata(plan.metadata, plan.mask.output, mask_info.plan_sha256)
     atomic_write_bytes(plan.output, data)
+    if plan.options.inspect:
+        atomic_write_bytes(layer_info_path(plan.output), inspect_plan(trt, data).encode())
     write_sidecar(plan.output, metadata, info)
     return info
 

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hardware-compatibility", choices=("none", "same", "ampere+"), default="none",
                    help="none: this GPU model; same: GPUs of this compute capability; ampere+: any Ampere or newer "
                         "GPU (may be slower)")
+    b.add_argument("--device", type=int, default=0, metavar="N", help="CUDA device to build on (default: 0)")
+    b.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="no TF32 tensor cores for FP32 layers (exact-fp32 parity checks; slower on Ampere+)")
+    b.add_argument("--inspect", action="store_true",
+                   help="also write the engine inspector's layer dump (names, precisions, tactics) to "
+                        "<plan>.layers.json")
     b.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     p.add_argument("--dry-run", action="store_true",
                    help="check the model and flags, print the profile and the trtexec command, build nothing")
@@ -103,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     options = BuildOptions(workspace_bytes=args.workspace, timing_cache=args.timing_cache,
                            builder_optimization_level=args.builder_optimization_level,
                            version_compatible=args.version_compatible,
-                           hardware_compatibility=args.hardware_compatibility, verbose=args.verbose)
+                           hardware_compatibility=args.hardware_compatibility, verbose=args.verbose,
+                           device=args.device, tf32=args.tf32, inspect=args.inspect)
     plan = plan_engine(args.onnx, args.output, min_shape=args.min_shape, opt_shape=args.opt_shape,
                        max_shape=args.max_shape, options=options)
     print(describe(plan), flush=True)

@@ -41,6 +41,9 @@ class BuildOptions:
     version_compatible: bool = False
     hardware_compatibility: str = "none"  # "none", "same" (same compute capability) or "ampere+"
     verbose: bool = False
+    device: int = 0  # the CUDA device that builds (and that the plan is tuned for)
+    tf32: bool = True  # False: FP32 layers without TF32 tensor cores, for exact-fp32 parity checks
+    inspect: bool = False  # detailed profiling verbosity, and the engine inspector's layer dump next to the plan
 
     def __post_init__(self) -> None:
         if self.workspace_bytes is not None and self.workspace_bytes < MiB:
@@ -51,11 +54,13 @@ class BuildOptions:
         if self.hardware_compatibility not in ("none", *HARDWARE_LEVELS):
             raise PansegError(f"hardware compatibility must be none, {', '.join(HARDWARE_LEVELS)}; got "
                               f"{self.hardware_compatibility!r}")
+        if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
+            raise PansegError(f"the CUDA device must be an index 0, 1, ..., got {self.device!r}")
 
     def describe(self) -> dict[str, Any]:
         """For the side file's ``builder`` entry."""
         return {"workspace_bytes": self.workspace_bytes, "builder_optimization_level": self.builder_optimization_level,
-                "timing_cache": str(self.timing_cache) if self.timing_cache else None}
+                "timing_cache": str(self.timing_cache) if self.timing_cache else None, "tf32": self.tf32}
 
 
 def _trtexec_name(name: str) -> str:
@@ -82,10 +87,22 @@ def trtexec_command(onnx_path: str | Path, plan_path: str | Path, profiles: Mapp
         args.append("--versionCompatible")
     if options.hardware_compatibility != "none":
         args.append(f"--hardwareCompatibilityLevel={HARDWARE_LEVELS[options.hardware_compatibility][1]}")
+    if not options.tf32:
+        args.append("--noTF32")
+    if options.device:
+        args.append(f"--device={options.device}")
+    if options.inspect:
+        args += ["--profilingVerbosity=detailed", f"--exportLayerInfo={layer_info_path(plan_path)}"]
     if options.verbose:
         args.append("--verbose")
     args.append("--skipInference")
     return args
+
+
+def layer_info_path(plan_path: str | Path) -> Path:
+    """Where ``--inspect`` writes the engine inspector's dump: ``model.plan`` -> ``model.plan.layers.json``."""
+    plan_path = Path(plan_path)
+    return plan_path.with_name(plan_path.name + ".layers.json")
 
 
 def format_command(args: Sequence[str]) -> str:
@@ -176,6 +193,13 @@ def configure(trt: Any, builder: Any, config: Any, profiles: Mapping[str, Tensor
         if level is None:
             raise PansegError(f"TensorRT {trt.__version__} has no hardware compatibility level {member}")
         config.hardware_compatibility_level = level
+    if not options.tf32:
+        flag = getattr(trt.BuilderFlag, "TF32", None)
+        if flag is None:
+            raise PansegError(f"TensorRT {trt.__version__} has no TF32 builder flag to clear for --no-tf32")
+        config.clear_flag(flag)
+    if options.inspect:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if profiles:
         profile = builder.create_optimization_profile()
         for name, p in profiles.items():
@@ -263,3 +287,13 @@ def build_plan(trt: Any, onnx_path: Path, profiles: Mapping[str, TensorProfile],
                           "why; --verbose for more)")
     save_timing_cache(config, options.timing_cache)
     return bytes(plan)
+
+
+def inspect_plan(trt: Any, plan: bytes) -> str:
+    """The engine inspector's JSON (layer names, precisions, tactics: detailed when built with ``inspect``)."""
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise PansegError("TensorRT could not deserialize the plan it just built to inspect it")
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))

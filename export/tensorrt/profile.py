@@ -1,32 +1,34 @@
 """The engine's optimization profile: batch x height x width ranges from flags, or derived from the ONNX metadata.
 
 TensorRT builds a dynamic-shape engine for one range of shapes per input (min .. max, tuned for opt) and refuses
-anything outside it at run time. The runtime feeds ``images`` (B x 3 x H x W) and ``padding_mask`` (B x H x W) padded
-to the largest image of a batch, so both inputs share one B/H/W range. Defaults come from the resize policy the export
-stored (detr's: shorter side 800, longer side at most 1333): H and W each range over [size .. max_size], which covers
-portrait and landscape images and mixed batches; opt is a 4:3 landscape image (COCO's most common shape, 640 x 480 ->
-800 x 1066); batch 1. Dimensions the ONNX graph fixes (``--static-shape`` / ``--batch`` exports) are taken as they are.
+anything outside it at run time. The default range and how it maps onto each input live in
+runtime/backends/tensorrt_profiles.py (ONNX Runtime's TensorRT provider uses the same ones); this module adds the
+``--min/opt/max-shape`` flags, reads the ONNX graph's inputs, and takes the dimensions the graph fixes
+(``--static-shape`` / ``--batch`` exports) as they are.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import onnx
 
+from runtime.backends.tensorrt_profiles import (  # noqa: F401 - the profile's names, re-exported for export's users
+    AXES,
+    BHW,
+    TYPICAL_IMAGE,
+    WIDEST_ASPECT,
+    ShapeRange,
+    bhw_axes,
+    default_range,
+    input_profiles,
+)
 from runtime.errors import PansegError
-from runtime.preprocess import target_size
 from runtime.trt_sidecar import TensorProfile, format_shape
 
-BHW = tuple[int, int, int]
-AXES = ("batch", "height", "width")
-TYPICAL_IMAGE = (640, 480)  # width, height of the shape opt is tuned for (COCO's most common, 4:3 landscape)
 MIN_SIDE = 32  # below one backbone stride the model has nothing to compute on
 
 
@@ -44,47 +46,6 @@ def parse_bhw(text: str) -> BHW:
     return batch, height, width
 
 
-@dataclass(frozen=True)
-class ShapeRange:
-    """One batch x height x width range shared by every input."""
-
-    min: BHW
-    opt: BHW
-    max: BHW
-
-    def check(self) -> None:
-        """min <= opt <= max on every axis, with a message naming the flags and the axis."""
-        named = [("--min-shape", self.min), ("--opt-shape", self.opt), ("--max-shape", self.max)]
-        for (left, low), (right, high) in itertools.pairwise(named):
-            for axis, (a, b) in enumerate(zip(low, high, strict=True)):
-                if a > b:
-                    raise PansegError(f"{left} {format_shape(low)} is above {right} {format_shape(high)} in "
-                                      f"{AXES[axis]} ({a} > {b})")
-
-    def describe(self) -> str:
-        return f"min {format_shape(self.min)}, opt {format_shape(self.opt)}, max {format_shape(self.max)}"
-
-
-WIDEST_ASPECT = 21 / 9  # the default profile accepts pictures up to this elongated (16:9 and 2:1 included)
-
-
-def default_range(resize: Any, source: str) -> ShapeRange:
-    """The range the stored resize policy produces (see the module docstring)."""
-    if not isinstance(resize, Mapping) or not isinstance(resize.get("size"), int):
-        raise PansegError(f"{source}: no resize policy in the model's metadata to derive the profile from; "
-                          "give --min-shape, --opt-shape and --max-shape")
-    size, max_size = resize["size"], resize.get("max_size")
-    if not isinstance(max_size, int):
-        raise PansegError(f"{source}: the resize policy has no maximum size (shorter side {size}, longer side "
-                          "unbounded), so no profile covers every image; give --min-shape, --opt-shape and --max-shape")
-    opt_h, opt_w = target_size(*TYPICAL_IMAGE, size, max_size)
-    # Wide or tall photos have their short side below `size` once the long side is capped: cover up to 21:9.
-    min_side = min(size, int(max_size / WIDEST_ASPECT))
-    # detr rounds the short side before scaling the long one, which can overshoot max_size by up to aspect / 2 pixels.
-    max_side = max_size + math.ceil(WIDEST_ASPECT / 2)
-    return ShapeRange(min=(1, min_side, min_side), opt=(1, opt_h, opt_w), max=(1, max_side, max_side))
-
-
 def graph_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int | str | None, ...]]]:
     """(name, dims) of the real graph inputs (initializers listed as inputs by old exporters are skipped)."""
     initializers = {t.name for t in model.graph.initializer}
@@ -98,19 +59,6 @@ def graph_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int | str | No
     return inputs
 
 
-def _bhw_dims(name: str, dims: Sequence[int | str | None], source: str) -> tuple[int, ...]:
-    """Axes of ``dims`` holding batch, height, width: (0, 2, 3) for B x C x H x W, (0, 1, 2) for B x H x W."""
-    if len(dims) == 4:
-        if not isinstance(dims[1], int) or dims[1] <= 0:
-            raise PansegError(f"{source}: input {name} has a dynamic channel dimension ({dims}); re-export it with a "
-                              "fixed number of channels")
-        return 0, 2, 3
-    if len(dims) == 3:
-        return 0, 1, 2
-    raise PansegError(f"{source}: input {name} has rank {len(dims)}; the profile covers B x C x H x W images and "
-                      "B x H x W masks only")
-
-
 def resolve_range(flags: Mapping[str, BHW | None], default: ShapeRange | None,
                   inputs: Sequence[tuple[str, Sequence[int | str | None]]], source: str,
                   no_default_reason: str = "") -> ShapeRange:
@@ -122,7 +70,7 @@ def resolve_range(flags: Mapping[str, BHW | None], default: ShapeRange | None,
     """
     fixed: dict[int, int] = {}
     for name, dims in inputs:
-        for axis, dim_index in enumerate(_bhw_dims(name, dims, source)):
+        for axis, dim_index in enumerate(bhw_axes(name, dims, source)):
             d = dims[dim_index]
             if isinstance(d, int) and d > 0:
                 if fixed.setdefault(axis, d) != d:
@@ -144,22 +92,6 @@ def resolve_range(flags: Mapping[str, BHW | None], default: ShapeRange | None,
     shape_range = ShapeRange(*(tuple(chosen[k]) for k in ("min", "opt", "max")))  # type: ignore[arg-type]
     shape_range.check()
     return shape_range
-
-
-def input_profiles(shape_range: ShapeRange, inputs: Sequence[tuple[str, Sequence[int | str | None]]],
-                   source: str) -> dict[str, TensorProfile]:
-    """The per-input min/opt/max shapes: the B/H/W range placed into each input's layout, other dims as declared."""
-    profiles = {}
-    for name, dims in inputs:
-        axes = _bhw_dims(name, dims, source)
-        shapes = []
-        for bhw in (shape_range.min, shape_range.opt, shape_range.max):
-            shape = [int(d) if isinstance(d, int) else 0 for d in dims]
-            for value, dim_index in zip(bhw, axes, strict=True):
-                shape[dim_index] = value
-            shapes.append(tuple(shape))
-        profiles[name] = TensorProfile(*shapes)
-    return profiles
 
 
 def profile_for_model(model: onnx.ModelProto, metadata: Mapping[str, Any], flags: Mapping[str, BHW | None],

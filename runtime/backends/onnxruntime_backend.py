@@ -22,9 +22,12 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
+from runtime.backends.tensorrt_ep import profiles_or_warn, provider_options, with_cuda_fallback
 from runtime.cache_dir import model_cache_dir
+from runtime.contract import KEY_MASK_GRAPH_OF
 from runtime.errors import PansegError
 from runtime.filehash import file_sha256
+from runtime.metadata_props import decode_metadata_props
 
 # Wheels that all install the `onnxruntime` module; any two together leave a broken mix of files.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
@@ -139,8 +142,10 @@ class OnnxRuntimeBackend(Backend):
     """An ONNX model run by ONNX Runtime.
 
     providers: in order of preference, short ("cpu", "cuda", "tensorrt") or ORT names; the CPU provider is always
-        appended as the fallback for nodes the others do not take. A requested provider that this ONNX Runtime
-        build lacks, or that fails to load (e.g. missing CUDA libraries), is an error, never a silent CPU fallback.
+        appended as the fallback for nodes the others do not take, and CUDA follows TensorRT (see
+        runtime/backends/tensorrt_ep.py, which also gives TensorRT the model's optimization profile). A requested
+        provider that this ONNX Runtime build lacks, or that fails to load (e.g. missing CUDA libraries), is an
+        error, never a silent CPU fallback.
     intra_op_threads / inter_op_threads: thread pool sizes (None: ONNX Runtime's default, one per physical core);
         inter-op threads only matter with parallel execution, which is switched on when inter_op_threads > 1.
     optimized_cache: keep the ORT_ENABLE_ALL-optimized graph in this model's folder of the user's cache
@@ -149,6 +154,7 @@ class OnnxRuntimeBackend(Backend):
         the CPU, and load it instead of re-optimizing. With the TensorRT provider the graph holds compiled nodes that
         cannot be saved, so TensorRT's own engine and timing caches go to a subfolder keyed the same way instead.
     cache_root: the cache root to use instead of the user's (the model's folder is made under ``<root>/ort/``).
+    device: the CUDA device of the CUDA and TensorRT providers.
     """
 
     name = "onnxruntime"
@@ -162,6 +168,7 @@ class OnnxRuntimeBackend(Backend):
         optimized_cache: bool = True,
         allow_spinning: bool = True,
         cache_root: str | os.PathLike | None = None,
+        device: int = 0,
     ) -> None:
         super().__init__(path)
         # ORT's worker threads busy-wait after each run (lowest latency for back-to-back calls). Turn it off when
@@ -171,7 +178,8 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort  # lazy: the heavy import happens only when an engine is really loaded
 
         self._ort = ort
-        self.providers = resolve_providers(providers)
+        self.providers = with_cuda_fallback(resolve_providers(providers))
+        self.device = device
         available = ort.get_available_providers()
         missing = [p for p in self.providers if p not in available]
         if missing:
@@ -231,23 +239,43 @@ class OnnxRuntimeBackend(Backend):
         return so
 
     def _make_provider_options(self, uses_tensorrt: bool) -> list[dict[str, Any]]:
-        options: list[dict[str, Any]] = [{} for _ in self.providers]
-        if uses_tensorrt and self.cache_dir is not None:
-            trt_dir = self.tensorrt_cache_dir
+        if not uses_tensorrt:
+            return provider_options(self.providers, self.device, None, None)
+        trt_dir = self.tensorrt_cache_dir if self.cache_dir is not None else None
+        if trt_dir is not None:
             try:
                 trt_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # unwritable cache: build the engines every time rather than fail
                 warnings.warn(f"{trt_dir}: cannot create the TensorRT engine cache ({exc})", RuntimeWarning,
                               stacklevel=4)
-                return options
-            self._prune_stale(self._source_digest)
-            options[self.providers.index("TensorrtExecutionProvider")] = {
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(trt_dir),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(trt_dir),
-            }
-        return options
+                trt_dir = None
+            else:
+                self._prune_stale(self._source_digest)
+        inputs, metadata = self._probe(self.path)
+        detector = None
+        owner = metadata.get(KEY_MASK_GRAPH_OF)
+        if isinstance(owner, str) and self.path.with_name(owner).is_file():  # a mask graph: its detector's metadata
+            detector = self._probe(self.path.with_name(owner))[1]
+        profiles = profiles_or_warn(inputs, metadata, detector, str(self.path))
+        return provider_options(self.providers, self.device, trt_dir, profiles)
+
+    def _probe(self, model: Path) -> tuple[list[tuple[str, tuple]], dict[str, Any]]:
+        """A graph's inputs and decoded metadata, read by a CPU session that optimizes nothing (the TensorRT provider
+        needs its profile before its own session exists)."""
+        ort = self._ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
+            raise PansegError(f"{model}: ONNX Runtime cannot load this model ({_short_error(exc)})") from exc
+        inputs = [(a.name, tuple(a.shape)) for a in session.get_inputs()]
+        try:
+            metadata = decode_metadata_props(session.get_modelmeta().custom_metadata_map.items(), str(model))
+        except PansegError:
+            metadata = {}  # not a panseg model: no profile (profiles_or_warn says so)
+        return inputs, metadata
 
     def _create_session(self, model: Path, options):
         try:

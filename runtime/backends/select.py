@@ -66,17 +66,27 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                        help="ONNX Runtime threads per operator (default: one per physical core)")
     group.add_argument("--inter-op-threads", type=int, default=None, metavar="N",
                        help="ONNX Runtime threads across operators (>1 turns on parallel execution)")
+    group.add_argument("--device", type=int, default=0, metavar="N",
+                       help="CUDA device of the TensorRT backend and of ONNX Runtime's cuda/tensorrt providers "
+                            "(default: 0)")
     group.add_argument("--no-ort-cache", dest="ort_cache", action="store_false",
                        help="do not cache the optimized graph (cached in $PANSEG_CACHE_DIR, default ~/.cache/panseg)")
 
 
 def backend_options_from_args(path: str | os.PathLike, args: argparse.Namespace) -> dict[str, Any]:
     """Translate ``add_backend_arguments`` values into keyword options for the backend that will load ``path``."""
+    device = getattr(args, "device", 0)
+    if device < 0:
+        raise PansegError(f"--device must be a CUDA device index 0, 1, ..., got {device}")
     if backend_name_for(path, args.backend) != ONNXRUNTIME:
-        return {}
-    return {
-        "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        return {"device": device}
+    providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    options = {
+        "providers": providers,
         "intra_op_threads": args.intra_op_threads,
         "inter_op_threads": args.inter_op_threads,
         "optimized_cache": args.ort_cache,
     }
+    if any(p.lower() not in ("cpu", "cpuexecutionprovider") for p in providers):  # only GPU providers use it
+        options["device"] = device
+    return options

@@ -4,31 +4,47 @@ Loading order, so that every refusal is a clear message rather than a TensorRT l
 side file (``model.plan.json``) -> plan digest -> TensorRT version and GPU compute capability against the side file
 (runtime/trt_sidecar.py) -> deserialize -> execution context.
 
-Per batch: input shapes are checked against the engine's optimization profile, set with ``set_input_shape``; inputs go
-through pinned host buffers to device buffers (allocated with cuda-python, grown when a larger batch arrives, reused
-otherwise); ``execute_async_v3`` runs on the backend's own stream; only the outputs the caller asks for are copied
-back. TensorRT and cuda-python (``cuda.bindings.runtime``, as in NVIDIA's samples since TensorRT 10.14; pycuda is not
-used: it has no wheels) are imported when a backend is created, never at module import, so the runtime imports on
-machines without a GPU.
+Buffers: one device buffer per tensor, allocated on first use at the largest size the engine's optimization profile
+allows (``get_max_output_size`` where TensorRT has it, else the output shapes at the profile's maximum inputs), so no
+call reallocates; pinned host buffers only for the tensors that cross to or from the host. Per call: the device is
+made current for the calling thread, input shapes are checked against the profile and set, inputs go host -> pinned
+-> device, ``execute_async_v3`` runs on the backend's own stream, and only the requested outputs come back.
+:meth:`TensorRTBackend.execute` also takes inputs that already live on the device (the query-sparse pair's hand-off,
+runtime/backends/tensorrt_pair.py). Memory is freed by ``close()`` or, when that is never called, by a finalizer.
+The CUDA calls themselves are in runtime/backends/tensorrt_cuda.py.
 
-This module has not run on a GPU in this repository's CI; tests/test_tensorrt_gpu.py exercises it where one exists.
+TensorRT and cuda-python (``cuda.bindings.runtime``; pycuda is not used: it has no wheels) are imported when a backend
+is created, never at module import, so the runtime imports on machines without a GPU. The CPU tests run this module
+against a fake TensorRT engine and a fake ``cudart``; tests/test_tensorrt_gpu.py runs it on a GPU where one exists.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
+from runtime.backends.tensorrt_cuda import (
+    INSTALL_HINT,
+    UNAVAILABLE,
+    Buffer,
+    CudaResources,
+    TransferCounter,
+    cuda_check,
+    current_gpu,
+    import_cudart,
+    use_device,
+)
 from runtime.errors import PansegError
 from runtime.trt_sidecar import (
-    GpuInfo,
     TensorProfile,
     check_engine_compatible,
     check_plan_digest,
@@ -37,9 +53,7 @@ from runtime.trt_sidecar import (
     read_engine_sidecar,
 )
 
-UNAVAILABLE = "TensorRT backend not available"
-INSTALL_HINT = ("install panseg[gpu] (tensorrt, cuda-python) on a machine with an NVIDIA GPU, or run the .onnx model "
-                "with onnxruntime")
+__all__ = ["DeviceTensor", "TensorRTBackend", "cuda_check", "current_gpu", "import_cudart", "import_tensorrt"]
 
 
 def import_tensorrt() -> Any:
@@ -49,91 +63,6 @@ def import_tensorrt() -> Any:
     except ImportError as exc:
         raise PansegError(f"{UNAVAILABLE}: tensorrt is not installed ({exc}); {INSTALL_HINT}") from exc
     return tensorrt
-
-
-def import_cudart() -> Any:
-    """cuda-python's CUDA runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` in cuda-python < 12.6)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as exc:
-            raise PansegError(f"{UNAVAILABLE}: cuda-python is not installed ({exc}); {INSTALL_HINT}") from exc
-    return cudart
-
-
-def cuda_check(cudart: Any, result: Any, what: str) -> Any:
-    """cuda-python calls return ``(error, *values)``: raise on an error, else return the value(s)."""
-    if isinstance(result, tuple):
-        error, values = result[0], result[1:]
-    else:
-        error, values = result, ()
-    code = int(getattr(error, "value", error))
-    if code != 0:
-        try:
-            name = cudart.cudaGetErrorName(error)[1]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:  # noqa: BLE001 - the name is only decoration for the message
-            name = f"error {code}"
-        raise PansegError(f"CUDA {what} failed: {name}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
-def current_gpu(cudart: Any | None = None, device: int = 0) -> GpuInfo:
-    """Name and compute capability of CUDA device ``device`` (made the current device)."""
-    cudart = cudart or import_cudart()
-    cuda_check(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
-    props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), f"cudaGetDeviceProperties({device})")
-    name = props.name
-    if isinstance(name, bytes):
-        name = name.split(b"\0", 1)[0].decode(errors="replace")
-    return GpuInfo(str(name).strip(), (int(props.major), int(props.minor)))
-
-
-class _Buffer:
-    """A device allocation and, when the host needs to see the tensor, a pinned host allocation of the same size."""
-
-    def __init__(self, cudart: Any) -> None:
-        self._cudart = cudart
-        self.device = 0
-        self.device_bytes = 0
-        self.host = 0
-        self.host_bytes = 0
-
-    def ensure(self, nbytes: int, host: bool) -> None:
-        nbytes = max(int(nbytes), 1)  # an empty tensor still needs a valid address
-        cudart = self._cudart
-        if nbytes > self.device_bytes:
-            self._free_device()
-            self.device = int(cuda_check(cudart, cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
-            self.device_bytes = nbytes
-        if host and nbytes > self.host_bytes:
-            self._free_host()
-            self.host = int(cuda_check(cudart, cudart.cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
-            self.host_bytes = nbytes
-
-    def host_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A numpy view of the pinned host buffer (valid until the buffer grows or is freed)."""
-        count = int(np.prod(shape, dtype=np.int64))
-        raw = (ctypes.c_uint8 * self.host_bytes).from_address(self.host)
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
-
-    def _free_device(self) -> None:
-        if self.device:
-            cuda_check(self._cudart, self._cudart.cudaFree(self.device), "cudaFree")
-            self.device, self.device_bytes = 0, 0
-
-    def _free_host(self) -> None:
-        if self.host:
-            cuda_check(self._cudart, self._cudart.cudaFreeHost(self.host), "cudaFreeHost")
-            self.host, self.host_bytes = 0, 0
-
-    def free(self) -> None:
-        self._free_device()
-        self._free_host()
 
 
 @dataclass(frozen=True)
@@ -146,11 +75,30 @@ class _Tensor:
     shape: tuple[int, ...]  # the engine's declared dims, -1 where dynamic
 
 
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A tensor already on the device: where it is and its shape (its type is the engine's)."""
+
+    address: int
+    shape: tuple[int, ...]
+
+
+def _release_resources(resources: CudaResources, source: str) -> None:
+    """The finalizer (and ``close()``): free the device memory; never raises (it may run at interpreter exit)."""
+    try:
+        problems = resources.release()
+    except Exception as exc:  # noqa: BLE001 - e.g. cuda-python already torn down at exit
+        problems = [f"releasing CUDA memory: {exc}"]
+    for problem in problems:
+        warnings.warn(f"{source}: {problem}", RuntimeWarning, stacklevel=2)
+
+
 class TensorRTBackend(Backend):
     """A TensorRT plan with its ``.plan.json`` side file, on one GPU.
 
-    device: CUDA device index. The plan must have been built for this device's compute capability (or be
-        hardware-compatible) by this TensorRT version (or be version-compatible); otherwise loading is refused.
+    device: CUDA device index, made current for the calling thread on every call (so a call from any thread, or two
+        backends on two GPUs, use the right one). The plan must have been built for this device's compute capability
+        (or be hardware-compatible) by this TensorRT version (or be version-compatible); otherwise loading is refused.
     check_digest: compare the plan's sha256 with the side file's (catches a side file left over from another build).
     """
 
@@ -161,6 +109,9 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         cudart = import_cudart()
         self._trt, self._cudart = trt, cudart
+        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+            raise PansegError(f"{self.path}: the CUDA device must be an index 0, 1, ..., got {device!r}")
+        self.device = device
         if not self.path.is_file():
             what = "is not a file" if self.path.exists() else "no such engine file"
             raise PansegError(f"{self.path}: {what}")
@@ -184,10 +135,14 @@ class TensorRTBackend(Backend):
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise PansegError(f"{self.path}: TensorRT could not create an execution context (out of GPU memory?)")
-        self._tensors = [self._describe(self._engine.get_tensor_name(i)) for i in range(self._engine.num_io_tensors)]
+        self._tensors = {t.name: t for t in (self._describe(self._engine.get_tensor_name(i))
+                                             for i in range(self._engine.num_io_tensors))}
         self._profiles = self._input_profiles()
-        self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._buffers = {t.name: _Buffer(cudart) for t in self._tensors}
+        self._capacity = self._largest_sizes()
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._resources = CudaResources(cudart, device)
+        # Frees the device memory when the backend is dropped without close(); it must not hold the backend itself.
+        self._finalizer = weakref.finalize(self, _release_resources, self._resources, str(self.path))
 
     # -- engine description ---------------------------------------------------------------------------------------
 
@@ -205,7 +160,7 @@ class TensorRTBackend(Backend):
     def _input_profiles(self) -> dict[str, TensorProfile]:
         """The engine's own profile 0 for every dynamic input (the side file's copy is for humans and tools)."""
         profiles = {}
-        for t in self._tensors:
+        for t in self._tensors.values():
             if t.is_input and any(d < 0 for d in t.shape):
                 lo, opt, hi = self._engine.get_tensor_profile_shape(t.name, 0)
                 profiles[t.name] = TensorProfile(tuple(lo), tuple(opt), tuple(hi))
@@ -229,10 +184,10 @@ class TensorRTBackend(Backend):
         return TensorSpec(tensor.name, tensor.dtype, tuple(dims))
 
     def input_specs(self) -> list[TensorSpec]:
-        return [self._spec(t) for t in self._tensors if t.is_input]
+        return [self._spec(t) for t in self._tensors.values() if t.is_input]
 
     def output_specs(self) -> list[TensorSpec]:
-        return [self._spec(t) for t in self._tensors if not t.is_input]
+        return [self._spec(t) for t in self._tensors.values() if not t.is_input]
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
@@ -242,49 +197,115 @@ class TensorRTBackend(Backend):
         """Input name -> the shapes the engine accepts."""
         return dict(self._profiles)
 
-    # -- inference -------------------------------------------------------------------------------------------------
-
-    def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        check_shapes_in_profile({n: a.shape for n, a in feeds.items()}, self._profiles, self.path)
-        trt_check = self._trt_check
-        context, cudart, stream = self._context, self._cudart, self._stream
-        for t in self._tensors:
+    def _largest_sizes(self) -> dict[str, int]:
+        """Bytes of each tensor at the profile's maximum: the inputs' max shapes, the outputs' ``get_max_output_size``
+        (TensorRT 10+) or their shapes with every input at its max (the model's outputs grow with its inputs)."""
+        context = self._context
+        for name, profile in self._profiles.items():
+            self._trt_check(context.set_input_shape(name, profile.max), f"set_input_shape({name}, max)")
+        max_output_size = getattr(context, "get_max_output_size", None)
+        sizes = {}
+        for t in self._tensors.values():
             if t.is_input:
-                trt_check(context.set_input_shape(t.name, tuple(feeds[t.name].shape)),
-                          f"set_input_shape({t.name}, {format_shape(feeds[t.name].shape)})")
-        wanted = set(outputs)
-        shapes: dict[str, tuple[int, ...]] = {}
-        for t in self._tensors:
-            shape = (tuple(feeds[t.name].shape) if t.is_input
-                     else tuple(int(d) for d in context.get_tensor_shape(t.name)))
-            if any(d < 0 for d in shape):
+                shape = self._profiles[t.name].max if t.name in self._profiles else t.shape
+            else:
+                shape = tuple(int(d) for d in context.get_tensor_shape(t.name))
+            size = int(np.prod(shape, dtype=np.int64)) * t.itemsize if all(d >= 0 for d in shape) else -1
+            if not t.is_input and max_output_size is not None:
+                reported = int(max_output_size(t.name))
+                size = max(size, reported)
+            if size < 0:
                 raise PansegError(f"{self.path}: output {t.name} has a data-dependent shape {shape}, which this "
                                   "backend does not support")
-            if not t.is_input and t.name in wanted and t.dtype is None:
-                raise PansegError(f"{self.path}: output {t.name} has type {t.trt_dtype}, which numpy cannot hold")
-            shapes[t.name] = shape
-            buffer = self._buffers[t.name]
-            nbytes = int(np.prod(shape, dtype=np.int64)) * t.itemsize
-            buffer.ensure(nbytes, host=t.is_input or t.name in wanted)
-            trt_check(context.set_tensor_address(t.name, buffer.device), f"set_tensor_address({t.name})")
+            sizes[t.name] = size
+        return sizes
+
+    # -- inference -------------------------------------------------------------------------------------------------
+
+    @property
+    def transfers(self) -> TransferCounter:
+        """Host <-> device bytes and copies made by this backend since it was loaded (or since ``reset()``)."""
+        return self._resources.counter
+
+    @contextmanager
+    def claim(self) -> Iterator[None]:
+        """Hold the backend for one call: its lock, and its device current in the calling thread."""
+        if self.closed:
+            raise PansegError(f"{self.path}: {self.name} backend used after close()")
+        with self._resources.lock:
+            use_device(self._cudart, self.device)
+            yield
+
+    def _buffer(self, name: str) -> Buffer:
+        buffers = self._resources.buffers
+        if name not in buffers:
+            buffers[name] = Buffer(self._cudart, self._capacity[name])
+        return buffers[name]
+
+    def dtype_of(self, name: str) -> tuple[Any, int]:
+        """Tensor ``name``'s TensorRT type and its size in bytes per element."""
+        t = self._tensors[name]
+        return t.trt_dtype, t.itemsize
+
+    def input_address(self, name: str) -> int:
+        """The device address of input ``name``'s own buffer (for filling it on the device; see the pair)."""
+        return self._buffer(name).device_address()
+
+    def copy_on_device(self, dst: int, src: int, nbytes: int, what: str) -> None:
+        """A device-to-device copy on this backend's stream (counted, crosses nothing). Call inside :meth:`claim`."""
+        self._resources.copy(dst, src, nbytes, "d2d", what)
+
+    def device_output(self, name: str) -> DeviceTensor:
+        """Output ``name`` of the last :meth:`execute`, where it lies on the device (valid until the next call)."""
+        if name not in self._shapes or name not in self._resources.buffers:
+            raise PansegError(f"{self.path}: output {name} has not been computed yet")
+        return DeviceTensor(self._resources.buffers[name].device, self._shapes[name])
+
+    def _infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        with self.claim():
+            return self.execute(feeds, {}, outputs)
+
+    def execute(self, host_inputs: Mapping[str, np.ndarray], device_inputs: Mapping[str, DeviceTensor],
+                fetch: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run once on inputs from the host and inputs already on the device; copy back only ``fetch``. Every output
+        stays in its device buffer until the next call (:meth:`device_output`). Call inside :meth:`claim`."""
+        shapes = {n: tuple(int(d) for d in a.shape) for n, a in host_inputs.items()}
+        shapes.update({n: tuple(d.shape) for n, d in device_inputs.items()})
+        check_shapes_in_profile(shapes, self._profiles, self.path)
+        trt_check, context, resources = self._trt_check, self._context, self._resources
+        for t in self._tensors.values():
             if t.is_input:
-                array = feeds[t.name]
-                np.copyto(buffer.host_array(shape, array.dtype), array)
-                cuda_check(cudart, cudart.cudaMemcpyAsync(buffer.device, buffer.host, array.nbytes,
-                                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream),
-                           f"copy of input {t.name} to the GPU")
-        trt_check(context.execute_async_v3(int(stream)), "execute_async_v3")
+                trt_check(context.set_input_shape(t.name, shapes[t.name]),
+                          f"set_input_shape({t.name}, {format_shape(shapes[t.name])})")
+        for t in self._tensors.values():
+            if not t.is_input:
+                shapes[t.name] = tuple(int(d) for d in context.get_tensor_shape(t.name))
+                if t.name in fetch and t.dtype is None:
+                    raise PansegError(f"{self.path}: output {t.name} has type {t.trt_dtype}, which numpy cannot hold")
+            nbytes = int(np.prod(shapes[t.name], dtype=np.int64)) * t.itemsize
+            if nbytes > self._capacity[t.name] or any(d < 0 for d in shapes[t.name]):
+                raise PansegError(f"{self.path}: {t.name} of shape {shapes[t.name]} does not fit the buffer sized "
+                                  "for the engine's profile maximum")
+            if t.name in device_inputs:
+                address = device_inputs[t.name].address
+            else:
+                buffer = self._buffer(t.name)
+                address = buffer.device_address()
+                if t.is_input:
+                    array = host_inputs[t.name]
+                    np.copyto(buffer.host_array(shapes[t.name], array.dtype), array)
+                    resources.copy(address, buffer.host, nbytes, "h2d", f"copy of input {t.name} to the GPU")
+            trt_check(context.set_tensor_address(t.name, address), f"set_tensor_address({t.name})")
+        trt_check(context.execute_async_v3(int(resources.stream)), "execute_async_v3")
+        self._shapes = shapes
         results: dict[str, np.ndarray] = {}
-        for name in outputs:
-            t = next(x for x in self._tensors if x.name == name)
-            buffer = self._buffers[name]
+        for name in fetch:
+            t, buffer = self._tensors[name], self._buffer(name)
             assert t.dtype is not None
             host = buffer.host_array(shapes[name], t.dtype)
-            cuda_check(cudart, cudart.cudaMemcpyAsync(buffer.host, buffer.device, host.nbytes,
-                                                      cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream),
-                       f"copy of output {name} from the GPU")
+            resources.copy(buffer.host, buffer.device, host.nbytes, "d2h", f"copy of output {name} from the GPU")
             results[name] = host
-        cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        resources.synchronize()
         # The pinned buffers are reused by the next call: hand out copies.
         return {name: np.array(array, copy=True) for name, array in results.items()}
 
@@ -295,19 +316,9 @@ class TensorRTBackend(Backend):
     # -- release ---------------------------------------------------------------------------------------------------
 
     def _release(self) -> None:
-        # Context before engine before runtime (each needs the next alive); buffers once nothing can use them.
-        cudart = self._cudart
-        if getattr(self, "_stream", None) is not None:
-            cudart.cudaStreamSynchronize(self._stream)
+        # Buffers once nothing can use them, then context before engine before runtime (each needs the next alive).
+        with self._resources.lock:
+            self._finalizer()
         self._context = None
         self._engine = None
         self._runtime = None
-        for name, buffer in getattr(self, "_buffers", {}).items():
-            try:
-                buffer.free()
-            except PansegError as exc:  # best effort: closing must not hide the caller's own error
-                warnings.warn(f"{self.path}: freeing the buffers of {name}: {exc}", RuntimeWarning, stacklevel=3)
-        if getattr(self, "_stream", None) is not None:
-            cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
-
