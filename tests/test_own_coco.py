@@ -1,6 +1,7 @@
 """The README's "Train on your own COCO data" workflow end to end, at tiny size: COCO detection JSONs (polygons and
 RLE, COCO's real category ids and names) -> detection2panoptic -> validate -> stage 1 fine-tuned from a released-style
-checkpoint with another class count -> stage 2 mask head -> ONNX export -> panseg-rt infer -> panseg-rt eval.
+checkpoint with another class count -> stage 2 mask head -> ONNX export -> panseg-rt infer -> panseg-rt eval ->
+panseg-rt sheet.
 
 The commands are the README's, run in-process (same parsers, same code) from a temporary folder so their relative
 paths are the README's too; only sizes and epochs are shortened (``SHORTER``) and the release URL is a local file."""
@@ -46,6 +47,7 @@ python -m train --coco_path data/mycoco --masks --frozen_weights runs/mycoco_sta
 python -m export.onnx runs/mycoco_stage2/checkpoint.pth -o runs/mycoco.onnx --verify-images data/mycoco/val2017
 panseg-rt infer --engine runs/mycoco.onnx --input data/mycoco/val2017 --output runs/mycoco_val --coco-json data/mycoco/annotations/panoptic_val2017.json --overlay
 panseg-rt eval --gt-json data/mycoco/annotations/panoptic_val2017.json --gt-folder data/mycoco/panoptic_val2017 --pred-json runs/mycoco_val/predictions.json --pred-folder runs/mycoco_val/panoptic
+panseg-rt sheet runs/mycoco_val -o runs/mycoco_sheets
 """  # noqa: E501
 
 SIZE = 64
@@ -227,4 +229,5 @@ def test_readme_workflow_on_own_coco_detection_data(tmp_path, monkeypatch, capsy
     table = capsys.readouterr().out
     for cat_id, (name, _) in ours.items():
         assert f"{cat_id:>5}  {name}" in table
+    assert [p.name for p in Path("runs/mycoco_sheets").iterdir()] == ["sheet_001.png"]  # 2 images, 4 rows a page
     print(f"tiny own-COCO workflow: {time.perf_counter() - started:.0f} s")
