@@ -126,3 +126,15 @@ def test_build_training_sizes_the_class_head_from_sparse_ids(sparse_dataset):
     args = build_parser().parse_args(["--coco_path", str(sparse_dataset), *TINY_TRAIN_FLAGS])
     training = build_training(args)
     assert training.config.num_classes == 1001 and training.model.class_embed.out_features == 1002
+
+
+def test_categories_without_colours_get_distinct_stable_ones():
+    from runtime.categories import categories_from_json
+
+    entries = [{"id": i, "name": f"c{i}"} for i in (1, 2, 3, 7, 42, 1000)]
+    table = categories_from_json(entries)
+    colors = [c.color for c in table.values()]
+    assert len(set(colors)) == len(colors) and (0, 0, 0) not in colors
+    assert all(max(c) - min(c) > 60 for c in colors)  # saturated, so overlays and legends tell them apart
+    assert categories_from_json(entries[::-1]) == table  # a function of the id alone
+    assert categories_from_json([{"id": 5, "name": "black", "color": [0, 0, 0]}])[5].color == (0, 0, 0)
