@@ -12,7 +12,7 @@ from runtime.errors import PansegError
 from train.main import build_training
 from train.main import main as train_main
 from train.models import build_model
-from train.pretrained import load_backbone_weights, load_pretrained
+from train.pretrained import load_backbone_weights, load_matching, load_pretrained, to_model_names
 
 DETECTOR = TINY_CONFIG.replace(masks=False, num_queries=8)
 
@@ -159,3 +159,29 @@ def test_bad_files_give_one_clear_line(tiny_dataset, tmp_path, capsys, flag, kin
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"python -m train: error: {want}")
+
+
+def detr_release_names() -> dict[str, torch.Tensor]:
+    """detr's COCO panoptic release (R50, 250 classes) as meta tensors of its real names and shapes."""
+    import json
+    from pathlib import Path
+
+    listing = json.loads((Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json").read_text())
+    return {t["name"]: torch.empty(t["shape"], device="meta") for t in listing["tensors"]}
+
+
+@pytest.mark.parametrize("release", ["panoptic", "detection"])
+def test_detr_releases_fit_an_own_data_r50_but_for_the_class_head(release):
+    from train.models import DETRConfig
+
+    weights = detr_release_names()
+    if release == "detection":  # detr-r50-e632da11.pth: the same detector without 'detr.' and the mask head
+        weights = {k[5:]: v for k, v in weights.items() if k.startswith("detr.")}
+    with torch.device("meta"):
+        model = build_model(DETRConfig(num_classes=200))  # e.g. COCO ids up to 199 (things and stuff)
+    summary = load_matching(model, to_model_names(weights, True), "release")
+    assert [n for n, _, _ in summary.reinitialized] == ["detr.class_embed.weight", "detr.class_embed.bias"]
+    assert not summary.ignored
+    assert len(summary.loaded) == len(weights) - 2
+    mask_head = [n for n in summary.not_in_file if not n.startswith("detr.")]
+    assert bool(mask_head) == (release == "detection") and len(summary.not_in_file) == len(mask_head)
