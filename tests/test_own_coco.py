@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +40,7 @@ RELEASE_URL = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
 
 # The README section's commands, word for word.
 README_COMMANDS = f"""
+python -c "import json; stuff = {{187, 199}}; cats = json.load(open('data/mycoco/annotations/instances_train2017.json'))['categories']; json.dump([{{**c, 'isthing': int(c['id'] not in stuff)}} for c in cats], open('data/mycoco/categories.json', 'w'))"
 python -m train.prepare detection2panoptic --input-json data/mycoco/annotations/instances_train2017.json --output-json data/mycoco/annotations/panoptic_train2017.json --segmentations-folder data/mycoco/panoptic_train2017 --categories-json data/mycoco/categories.json
 python -m train.prepare detection2panoptic --input-json data/mycoco/annotations/instances_val2017.json --output-json data/mycoco/annotations/panoptic_val2017.json --segmentations-folder data/mycoco/panoptic_val2017 --categories-json data/mycoco/categories.json
 panseg-rt validate --json data/mycoco/annotations/panoptic_train2017.json --folder data/mycoco/panoptic_train2017
@@ -75,6 +78,8 @@ def run_command(line: str, pretrained: Path) -> int:
     """One README line, in-process; the release URL replaced by the local tiny checkpoint."""
     words = shlex.split(line.replace(RELEASE_URL, str(pretrained)))
     argv = [*words, *command_extras(words)]
+    if argv[:2] == ["python", "-c"]:  # plain Python, as a user's shell runs it
+        return subprocess.run([sys.executable, *argv[1:]], check=False).returncode
     if argv[:3] == ["python", "-m", "train.prepare"]:
         return run_subcommand("python -m train.prepare", "", PREPARE_SUBCOMMANDS, argv[3:])
     if argv[:3] == ["python", "-m", "train"]:
@@ -134,8 +139,8 @@ def image_annotations(rng: np.random.Generator, image_id: int, first_id: int) ->
 
 
 def write_detection_dataset(root: Path, counts: dict[str, int], seed: int = 0) -> None:
-    """detr's layout: ROOT/{train,val}2017/*.jpg and ROOT/annotations/instances_{train,val}2017.json, plus the
-    panoptic categories (id, name, isthing, color) the converter needs."""
+    """detr's layout: ROOT/{train,val}2017/*.jpg and ROOT/annotations/instances_{train,val}2017.json (categories
+    with ids and names only, as detection files have them)."""
     rng = np.random.default_rng(seed)
     (root / "annotations").mkdir(parents=True)
     detection_categories = [{"id": c["id"], "name": c["name"], "supercategory": c["supercategory"]}
@@ -155,7 +160,6 @@ def write_detection_dataset(root: Path, counts: dict[str, int], seed: int = 0) -
         data = {"info": {"description": "own COCO"}, "images": images, "annotations": annotations,
                 "categories": detection_categories}
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
-    (root / "categories.json").write_text(json.dumps(categories()))
 
 
 def save_release_like_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -180,16 +184,16 @@ def test_readme_workflow_on_own_coco_detection_data(tmp_path, monkeypatch, capsy
     write_detection_dataset(Path("data/mycoco"), {"train": 6, "val": 2})
     pretrained = tmp_path / "detr-r18-tiny.pth"
     released = save_release_like_checkpoint(pretrained)
-    lines = [line for line in README_COMMANDS.strip().splitlines()]
+    lines = README_COMMANDS.strip().splitlines()
     ours = {c["id"]: (c["name"], bool(c["isthing"])) for c in categories()}
 
-    for line in lines[:4]:  # convert both splits, validate both
+    for line in lines[:5]:  # categories with isthing, convert both splits, validate both
         assert run_command(line, pretrained) == 0, line
     panoptic = json.loads(Path("data/mycoco/annotations/panoptic_val2017.json").read_text())
     assert {c["id"]: (c["name"], bool(c["isthing"])) for c in panoptic["categories"]} == ours
 
-    # Stage 1 starts from the release: the class head fresh (92 -> 200 logits), every other tensor loaded.
-    stage1 = shlex.split(lines[4].replace(RELEASE_URL, str(pretrained)))
+    # Stage 1 starts from the release: the class head fresh (92 -> 201 logits), every other tensor loaded.
+    stage1 = shlex.split(lines[5].replace(RELEASE_URL, str(pretrained)))
     argv = [*stage1, *command_extras(stage1)][3:]
     start = build_training(build_parser().parse_args(argv)).model_without_ddp.state_dict()
     assert start["class_embed.weight"].shape[0] == max(ours) + 2
@@ -200,7 +204,7 @@ def test_readme_workflow_on_own_coco_detection_data(tmp_path, monkeypatch, capsy
         else:
             assert torch.equal(start[name], value), name
     capsys.readouterr()
-    assert run_command(lines[4], pretrained) == 0
+    assert run_command(lines[5], pretrained) == 0
     summary = capsys.readouterr().out.splitlines()[0]
     assert summary.startswith(f"--pretrained {pretrained}: loaded {len(released) - 2} tensors, re-initialized 2 "
                               "(class_embed.weight [92, 128]->[201, 128], class_embed.bias [92]->[201])")
@@ -209,12 +213,12 @@ def test_readme_workflow_on_own_coco_detection_data(tmp_path, monkeypatch, capsy
     assert ckpt1["categories"] == panoptic["categories"]
 
     # Stage 2 (mask head on the frozen detector) computes PQ on val.
-    assert run_command(lines[5], pretrained) == 0
+    assert run_command(lines[6], pretrained) == 0
     log = [json.loads(line) for line in Path("runs/mycoco_stage2/log.jsonl").read_text().splitlines()]
     assert all(0 <= log[-1][k] <= 100 for k in ("pq", "pq_th", "pq_st"))
 
     # Export, infer, eval: the deployed model speaks in the dataset's ids and names.
-    for line in lines[6:]:
+    for line in lines[7:]:
         assert run_command(line, pretrained) == 0, line
     with OnnxRuntimeBackend(Path("runs/mycoco.onnx"), intra_op_threads=1, optimized_cache=False) as backend:
         info = parse_model_info(backend.metadata(), "runs/mycoco.onnx")
