@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from runtime.atomic import atomic_write_with
@@ -28,7 +29,7 @@ from runtime.preprocess import load_image
 
 COLUMNS = ("image", "segments", "overlay")
 DEFAULT_ROWS = 4
-DEFAULT_CELL = (320, 240)  # width, height of each picture's box; pictures keep their aspect ratio inside it
+DEFAULT_CELL = (480, 360)  # width, height of each picture's box; pictures keep their aspect ratio inside it
 GAP = 8  # pixels between boxes and around the page
 CAPTION = 18  # height of the file-name strip above each row
 BACKGROUND = (32, 32, 32)
@@ -83,19 +84,22 @@ def load_results(folder: str | os.PathLike) -> tuple[dict[int, Category], list[R
     return categories, results
 
 
-def fit(picture: Image.Image, cell: tuple[int, int]) -> Image.Image:
-    """The picture scaled to fit the cell (aspect ratio kept, never enlarged by more than the cell asks), centred
-    on the page background."""
-    scale = min(cell[0] / picture.width, cell[1] / picture.height)
-    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+def fitted_size(width: int, height: int, cell: tuple[int, int]) -> tuple[int, int]:
+    """The largest size of this aspect ratio that fits the cell."""
+    scale = min(cell[0] / width, cell[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def centred(picture: Image.Image, cell: tuple[int, int]) -> Image.Image:
     box = Image.new("RGB", cell, BACKGROUND)
-    box.paste(picture.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST),
-              ((cell[0] - size[0]) // 2, (cell[1] - size[1]) // 2))
+    box.paste(picture, ((cell[0] - picture.width) // 2, (cell[1] - picture.height) // 2))
     return box
 
 
-def row_pictures(result: Result, categories: Mapping[int, Category]) -> tuple[Image.Image, Image.Image, Image.Image]:
-    """(image, segments in the overlay's colours, overlay) at the image's own size."""
+def row_pictures(result: Result, categories: Mapping[int, Category], cell: tuple[int, int]
+                 ) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(image, segments in the overlay's colours, overlay), each at the size it is shown: the overlay is drawn at
+    that size (id map resized by nearest neighbour, boxes measured on it) so labels and legend stay legible."""
     image = load_image(result.image_path, apply_exif=result.apply_exif)
     if not result.png_path.is_file():
         raise PansegError(f"{result.png_path}: panoptic PNG missing")
@@ -103,9 +107,15 @@ def row_pictures(result: Result, categories: Mapping[int, Category]) -> tuple[Im
     if id_map.shape != (image.height, image.width):
         raise PansegError(f"{result.png_path}: PNG is {id_map.shape[1]}x{id_map.shape[0]}, its image "
                           f"{result.image_path} is {image.width}x{image.height}")
-    segments = Image.fromarray(colorize_panoptic(id_map, result.segments_info, categories, distinct_instances=True,
+    size = fitted_size(image.width, image.height, cell)
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    rows = (np.arange(size[1]) * id_map.shape[0]) // size[1]  # nearest neighbour, exact for integer ids
+    cols = (np.arange(size[0]) * id_map.shape[1]) // size[0]
+    id_map = id_map[rows[:, None], cols[None, :]]
+    segments_info = [{k: v for k, v in seg.items() if k != "bbox"} for seg in result.segments_info]
+    segments = Image.fromarray(colorize_panoptic(id_map, segments_info, categories, distinct_instances=True,
                                                  vivid_stuff=True))
-    return image, segments, render_overlay(image, id_map, result.segments_info, categories)
+    return image, segments, render_overlay(image, id_map, segments_info, categories)
 
 
 def page_size(rows: int, cell: tuple[int, int]) -> tuple[int, int]:
@@ -124,8 +134,8 @@ def render_page(rows: Sequence[Result], categories: Mapping[int, Category],
     draw = ImageDraw.Draw(page)
     font = _font(CAPTION - 6)
     for r, result in enumerate(rows):
-        for c, picture in enumerate(row_pictures(result, categories)):
-            page.paste(fit(picture, cell), cell_origin(r, c, cell))
+        for c, picture in enumerate(row_pictures(result, categories, cell)):
+            page.paste(centred(picture, cell), cell_origin(r, c, cell))
         x, y = cell_origin(r, 0, cell)
         draw.text((x, y - CAPTION + 2), result.name, fill=CAPTION_COLOR, font=font)
     return page

@@ -108,4 +108,4 @@ def test_sheets_need_no_torch(tmp_path):
         raise SystemExit(main(["sheet", {str(out)!r}, "-o", {str(tmp_path / 'lean')!r}]))
     """)
     assert done.returncode == 0, done.stderr
-    assert Image.open(tmp_path / "lean" / "sheet_001.png").size == page_size(2, (320, 240))
+    assert Image.open(tmp_path / "lean" / "sheet_001.png").size == page_size(2, (480, 360))

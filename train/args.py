@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training-only: scale the first mask conv's initial weights on the attention maps "
                         "(1 = detr's init; see train/mask_init.py)")
     p.add_argument("--frozen_weights", help="detection checkpoint to load and freeze; only the mask head trains")
-    p.add_argument("--pretrained", "--pretrained-weights", dest="pretrained", metavar="PATH_OR_URL",
+    p.add_argument("--pretrained", metavar="PATH_OR_URL",
                    help="start from a DETR checkpoint (detr's releases, detection or panoptic, or ours; file or URL): "
                         "every tensor whose name and shape match is loaded, the class head (and the query embeddings) "
                         "start fresh when --num_classes (--num_queries) differ")

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     match = _CELL.match(args.cell)
     if not match or min(int(match[1]), int(match[2])) < 1:
-        raise PansegError(f"--cell {args.cell!r}: expected WIDTHxHEIGHT in pixels, e.g. 320x240")
+        raise PansegError(f"--cell {args.cell!r}: expected WIDTHxHEIGHT in pixels, e.g. 480x360")
     pages = write_contact_sheets(args.folder, args.output, args.rows, (int(match[1]), int(match[2])))
     print(f"wrote {len(pages)} page{'s' if len(pages) != 1 else ''}: {pages[0]}" +
           (f" ... {pages[-1].name}" if len(pages) > 1 else ""))
