@@ -1,7 +1,13 @@
-"""Category tables (id, name, isthing, color), as COCO panoptic stores them."""
+"""Category tables (id, name, isthing, color), as COCO panoptic stores them.
+
+A user's own categories often come from a COCO *detection* file, which has no colours: such a category gets a colour
+from its id (:func:`default_color`), the same in every tool that reads the table, instead of black for all, which
+made every class look alike in overlays and legends.
+"""
 
 from __future__ import annotations
 
+import colorsys
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +36,15 @@ class Category:
         }
 
 
+_GOLDEN = 0.618033988749895  # hue steps of the golden ratio keep consecutive ids far apart on the colour wheel
+
+
+def default_color(category_id: int) -> tuple[int, int, int]:
+    """A vivid colour for a category that has none, a pure function of its id."""
+    r, g, b = colorsys.hsv_to_rgb((category_id * _GOLDEN) % 1.0, 0.65, 0.9)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
 def category_from_json(entry: Mapping[str, Any], source: str = "categories") -> Category:
     """One COCO category dict -> Category; a missing or malformed field is an error naming the source."""
     try:
@@ -40,7 +55,7 @@ def category_from_json(entry: Mapping[str, Any], source: str = "categories") -> 
     isthing = entry.get("isthing", 1)
     if isthing not in (0, 1, True, False):
         raise PanopticFormatError(f"{source}: category {cat_id} has isthing={isthing!r}, expected 0 or 1")
-    color = entry.get("color", (0, 0, 0))
+    color = entry["color"] if "color" in entry else default_color(cat_id)
     if not (isinstance(color, list | tuple) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255
                                                                          for c in color)):
         raise PanopticFormatError(f"{source}: category {cat_id} has color {color!r}, expected three ints 0-255")

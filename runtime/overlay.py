@@ -152,9 +152,11 @@ def colorize_panoptic(
     segments_info: Iterable[Mapping[str, Any]],
     categories: Mapping[int, CategoryLike],
     distinct_instances: bool = False,
+    vivid_stuff: bool = False,
 ) -> np.ndarray:
-    """H x W x 3 uint8: every segment in its category colour, VOID (and ids without segments_info) black."""
-    colors = segment_colors(segments_info, categories, distinct_instances)
+    """H x W x 3 uint8: every segment in its category colour, VOID (and ids without segments_info) black; with
+    ``distinct_instances`` and ``vivid_stuff``, in exactly the colours of :func:`render_overlay`."""
+    colors = segment_colors(segments_info, categories, distinct_instances, vivid_stuff)
     return _paint(id_map, colors)[0]
 
 

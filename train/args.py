@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training-only: scale the first mask conv's initial weights on the attention maps "
                         "(1 = detr's init; see train/mask_init.py)")
     p.add_argument("--frozen_weights", help="detection checkpoint to load and freeze; only the mask head trains")
+    p.add_argument("--pretrained", metavar="PATH_OR_URL",
+                   help="start from a DETR checkpoint (detr's releases, detection or panoptic, or ours; file or URL): "
+                        "every tensor whose name and shape match is loaded, the class head (and the query embeddings) "
+                        "start fresh when --num_classes (--num_queries) differ")
+    p.add_argument("--backbone_weights", "--backbone-weights", dest="backbone_weights", metavar="PATH_OR_URL",
+                   help="torchvision ImageNet ResNet weights (file or URL, e.g. resnet50-0676ba61.pth) for the "
+                        "backbone, frozen BatchNorm statistics included; --pretrained, if given, loads after it")
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
     p.add_argument("--dilation", action="store_true", help="DC5: dilate the last backbone stage")

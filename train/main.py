@@ -28,11 +28,13 @@ from train.checkpoint import load_checkpoint, save_checkpoint
 from train.console import epoch_line, eval_summary
 from train.datasets import build_dataset, collate_fn, scaled_transform_options
 from train.datasets.cache import CachedItems
+from train.datasets.categories import annotation_file, check_same_categories, num_classes_for, read_categories
 from train.engine import train_one_epoch
 from train.mask_init import amplify_attention_inputs
 from train.models import DETRConfig, build_model
 from train.models.criterion import build_criterion
 from train.optim import build_lr_scheduler, build_optimizer
+from train.pretrained import load_backbone_weights, load_pretrained
 from train.scratch_backbone import train_backbone_from_scratch
 from train.token_loss import DETRWithTokenHead, loss_tokens
 
@@ -57,20 +59,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def annotations_root(args: argparse.Namespace) -> str:
+    return args.coco_panoptic_path if args.dataset_file == "coco_panoptic" else args.coco_path
+
+
 def dataset_categories(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Categories of the training set's annotation file (detr: num_classes = max id + 1)."""
-    root = Path(args.coco_panoptic_path if args.dataset_file == "coco_panoptic" else args.coco_path)
-    name = "panoptic_train2017.json" if args.dataset_file == "coco_panoptic" else "instances_train2017.json"
-    path = root / "annotations" / name
-    if not path.exists():
+    """Categories of the training set's annotation file, which the val set's must match (detr: num_classes = max id
+    + 1)."""
+    train_path, val_path = (annotation_file(annotations_root(args), args.dataset_file, split)
+                            for split in ("train", "val"))
+    if not train_path.exists():
         hint = ""
         if args.coco_path == DEFAULT_DATA:
             hint = f" (generate it: python -m train.prepare synthetic --out {DEFAULT_DATA})"
-        raise PansegError(f"{path}: annotation file not found{hint}")
-    try:
-        return json.loads(path.read_text())["categories"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise PansegError(f"{path}: no valid 'categories' list ({exc})") from exc
+        raise PansegError(f"{train_path}: annotation file not found{hint}")
+    categories = read_categories(train_path, args.dataset_file)
+    if val_path.exists():  # a missing val file is reported by build_dataset, with the others it needs
+        check_same_categories(categories, read_categories(val_path, args.dataset_file), train_path, val_path)
+    return categories
 
 
 def transform_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,14 +154,20 @@ def build_training(args: argparse.Namespace) -> Training:
     seed_everything(args.seed + info.rank)
 
     categories = dataset_categories(args)
-    num_classes = args.num_classes or max(c["id"] for c in categories) + 1
+    num_classes = num_classes_for(categories, args.num_classes, annotation_file(annotations_root(args),
+                                                                                args.dataset_file, "train"))
     config = DETRConfig.from_args(args, num_classes=num_classes, masks=args.masks)
     model = build_model(config, freeze_detr=bool(args.frozen_weights)).to(device)
+    if config.masks and args.mask_attention_gain != 1:
+        amplify_attention_inputs(model.mask_head, config.hidden_dim, args.mask_attention_gain)
+    # Released weights first (before the scratch-backbone swap, which copies the frozen BatchNorm statistics).
+    if args.backbone_weights:
+        load_backbone_weights(model, args.backbone_weights, report=info.is_main)
+    if args.pretrained:
+        load_pretrained(model, args.pretrained, report=info.is_main)
     if args.scratch_backbone and not args.frozen_weights:
         detector = model.detr if config.masks else model
         train_backbone_from_scratch(detector.backbone)
-    if config.masks and args.mask_attention_gain != 1:
-        amplify_attention_inputs(model.mask_head, config.hidden_dim, args.mask_attention_gain)
     if args.frozen_weights:
         frozen = load_checkpoint(args.frozen_weights)
         model.detr.load_state_dict(strip_detr_prefix(frozen["model"]))

@@ -1,7 +1,8 @@
 """ResNet backbone with frozen BatchNorm, and the joiner that adds the padding mask and position encoding.
 
-Module names mirror detr (``backbone.0.body.layer1...``) so its checkpoints load unchanged. Weights start random:
-``pretrained`` ImageNet weights cannot be downloaded here; load a checkpoint instead.
+Module names mirror detr (``backbone.0.body.layer1...``) so its checkpoints load unchanged. Weights start random;
+``python -m train --backbone_weights`` loads torchvision's ImageNet weights into them (train/pretrained.py), and
+``--pretrained`` a whole detr checkpoint.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def dilate_basic_layer4(layer4: nn.Sequential) -> None:
 
 
 class Backbone(nn.Module):
-    """torchvision ResNet (random init, FrozenBatchNorm2d) returning layer4, or layer1..layer4 for the mask head."""
+    """torchvision ResNet (random init until weights are loaded, FrozenBatchNorm2d) returning layer4, or
+    layer1..layer4 for the mask head."""
 
     def __init__(self, name: str, train_backbone: bool = True, return_interm_layers: bool = False,
                  dilation: bool = False):
@@ -77,7 +79,7 @@ class Backbone(nn.Module):
         )
         if dilation and not bottleneck:
             dilate_basic_layer4(resnet.layer4)
-        # detr trains layer2-4 only: the stem and layer1 stay as initialised (ImageNet weights in detr).
+        # detr trains layer2-4 only: the stem and layer1 stay as loaded (ImageNet weights: --backbone_weights).
         for pname, param in resnet.named_parameters():
             if not train_backbone or not any(f"layer{i}" in pname for i in (2, 3, 4)):
                 param.requires_grad_(False)
