@@ -266,11 +266,12 @@ def test_pair_matches_onnxruntimes_sparse_path(pair):
 
 
 def test_infer_runs_the_pair_from_the_detector_plan(sparse_plan, sparse_onnx, tmp_path):
-    """panseg-rt infer --engine sparse.plan: the mask engine is found through the side file and loaded with TensorRT."""
+    """panseg-rt infer sparse.plan: the mask engine is found through the side file and loaded with TensorRT."""
     from PIL import Image
 
-    from runtime.infer import InferOptions, infer
+    from runtime.infer import infer
     from runtime.panoptic_format import read_panoptic_png
+    from runtime.pipeline import InferOptions
 
     rng = np.random.default_rng(5)
     images = []
