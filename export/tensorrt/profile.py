@@ -10,10 +10,8 @@ portrait and landscape images and mixed batches; opt is a 4:3 landscape image (C
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,21 +25,7 @@ from runtime.trt_sidecar import TensorProfile, format_shape
 BHW = tuple[int, int, int]
 AXES = ("batch", "height", "width")
 TYPICAL_IMAGE = (640, 480)  # width, height of the shape opt is tuned for (COCO's most common, 4:3 landscape)
-MIN_SIDE = 32  # below one backbone stride the model has nothing to compute on
-
-
-def parse_bhw(text: str) -> BHW:
-    """argparse type for ``--min-shape 1x800x800``: batch x height x width, each a positive integer."""
-    parts = re.split(r"\s*[xX]\s*", text.strip())
-    if not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise argparse.ArgumentTypeError(f"expected BxHxW (batch x height x width, e.g. 1x800x1333), got {text!r}")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected 3 numbers BxHxW (batch x height x width, e.g. 1x800x1333), got "
-                                         f"{len(parts)} in {text!r}; the image and mask shapes follow from them")
-    batch, height, width = (int(p) for p in parts)
-    if batch < 1 or height < MIN_SIDE or width < MIN_SIDE:
-        raise argparse.ArgumentTypeError(f"batch must be at least 1 and height/width at least {MIN_SIDE}, got {text!r}")
-    return batch, height, width
+MIN_SIDE = 32  # below one backbone stride the model has nothing to compute on (the shape flags' lower bound)
 
 
 @dataclass(frozen=True)
