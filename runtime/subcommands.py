@@ -59,6 +59,20 @@ positive_int = _bounded_int(1, "positive")  # argparse type= for counts such as 
 non_negative_int = _bounded_int(0, "non-negative")  # argparse type= for seeds and offsets
 
 
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """argparse type for an integer in [low, high], e.g. an image side."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _bounded_float(accept: Callable[[float], bool], what: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:

@@ -65,7 +65,7 @@ def dataset_categories(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not path.exists():
         hint = ""
         if args.coco_path == DEFAULT_DATA:
-            hint = f" (generate it: python -m train.prepare synthetic --out {DEFAULT_DATA})"
+            hint = f" (generate it: python -m train.prepare synthetic -o {DEFAULT_DATA})"
         raise PansegError(f"{path}: annotation file not found{hint}")
     try:
         return json.loads(path.read_text())["categories"]
