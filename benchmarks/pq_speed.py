@@ -220,7 +220,7 @@ def _width_x_height(text: str) -> tuple[int, int]:
     return height, width
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m benchmarks.pq_speed", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=positive_int, default=300)
@@ -233,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs of each evaluator, best kept (default 3)")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--data", help="keep the generated dataset here instead of a temporary folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     h, w = args.shape
     cores = default_workers()
 

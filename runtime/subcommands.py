@@ -31,6 +31,17 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, plus the required check of options that also have a deprecated alias (argparse only sees
+        the spelling it was given, see :func:`add_deprecated`)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        missing = ["/".join(a.option_strings) for a in getattr(self, "_required_with_alias", [])
+                   if getattr(namespace, a.dest, None) is None]
+        if missing:
+            self.error(f"the following arguments are required: {', '.join(missing)}")
+        return namespace, extras
+
 
 def build_parser(prog: str, description: str, subcommands: Mapping[str, tuple[str, str]]) -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=prog, description=description)
@@ -156,6 +167,11 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, action: 
     long_option = re.search(r"--[\w-]+", new)
     if "dest" not in kwargs and long_option:
         kwargs["dest"] = long_option[0][2:].replace("-", "_")
+    for target in parser._actions:  # a required option is satisfied by its alias too: ArgumentParser checks it
+        if target.dest == kwargs.get("dest") and target.required and isinstance(parser, ArgumentParser):
+            target.required = False
+            target.help = f"{target.help} (required)" if target.help else "required"
+            parser._required_with_alias = [*getattr(parser, "_required_with_alias", []), target]
     return parser.add_argument(old, action=Deprecated, help=argparse.SUPPRESS, **kwargs)
 
 

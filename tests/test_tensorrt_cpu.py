@@ -797,7 +797,7 @@ def test_plumbing_the_pair_is_built_and_the_side_files_link_it(tiny_export, tmp_
     assert mask_info.onnx_file == "tiny.masks.onnx" and mask_info.profile == expected
     check_plan_digest(mask_info, masks.read_bytes(), masks)
     assert json.loads(mask_strings["inputs"])["hs_kept"]["shape"] == ["kept", TINY.hidden_dim]
-    # what panseg-rt infer --engine tiny.plan does: metadata -> mask graph name -> the file next to the plan
+    # what panseg-rt infer tiny.plan does: metadata -> mask graph name -> the file next to the plan
     model_info = parse_model_info(read_sidecar_metadata(detector), str(detector))
     assert model_info.mask_graph == "tiny.masks.plan"
     assert mask_graph_path(detector, model_info.mask_graph) == masks

@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mark the right F of each image as padding in the padding mask (default 0: none)")
     parser.add_argument("--kept", type=positive_int, default=None, metavar="N",
                         help="queries kept per image, whose masks the mask graph computes (default: "
-                             f"{DEFAULT_KEPT_FRACTION:.0%} of the model's queries, 20 of detr's 100; random inputs do "
-                             "not pass a trained model's threshold, so the best N are kept whatever their score)")
+                             f"{100 * DEFAULT_KEPT_FRACTION:.0f}%% of the model's queries, 20 of detr's 100; random "
+                             "inputs do not pass a trained model's threshold, so the best N are kept whatever their "
+                             "score)")
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the random input images")
     parser.add_argument("--json", metavar="FILE", help="also write every number and the raw samples here (atomically)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
