@@ -191,9 +191,16 @@ def report_errors(prog: str, func: Callable[[], int | None], interrupted: str = 
 def run_subcommand(
     prog: str, description: str, subcommands: Mapping[str, tuple[str, str]], argv: Sequence[str] | None = None
 ) -> int:
-    args = build_parser(prog, description, subcommands).parse_args(argv)
+    parser = build_parser(prog, description, subcommands)
+    args, extras = parser.parse_known_args(argv)
     module = importlib.import_module(args._module)
     subparser = vars(args).pop("_parser")
+    # a list of positionals (infer's INPUT...) may continue after options: argparse leaves those words over
+    more = getattr(module, "MORE_POSITIONALS", None)
+    if more and extras and not any(e.startswith("-") for e in extras):
+        setattr(args, more, [*getattr(args, more), *extras])
+    elif extras:
+        subparser.error(f"unrecognized arguments: {' '.join(extras)}")
     if hasattr(module, "finish_arguments"):
         module.finish_arguments(args, subparser)
     return report_errors(f"{prog} {args.command}", lambda: importlib.import_module(args._module).run(args))

@@ -153,6 +153,18 @@ def test_missing_or_doubled_positionals_are_one_line_usage_errors(capsys, argv, 
     assert err.splitlines()[-1].startswith(f"panseg-rt {argv[0]}: error: ")
 
 
+def test_inputs_may_follow_the_options(tmp_path, capsys):
+    from runtime.cli import main
+
+    # a.jpg does not exist: the command names it as a missing input, so it reached the command as an input
+    code = main(["infer", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), str(tmp_path / "a.jpg")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"panseg-rt infer: error: {tmp_path / 'a.jpg'}: no such file or folder\n"
+    with pytest.raises(SystemExit) as info:
+        main(["infer", "m.onnx", "a.jpg", "-o", "out", "--no-such-flag"])
+    assert info.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
 def test_a_required_output_given_by_its_old_spelling_only_is_still_required_when_absent(capsys):
     with pytest.raises(SystemExit) as info:
         parse("benchmarks.latency", [])

@@ -17,6 +17,7 @@ from runtime.subcommands import add_deprecated, positive_int, probability
 
 PROG = "panseg-rt infer"
 EXIF_CHOICES = ("auto", "apply", "ignore")
+MORE_POSITIONALS = "inputs"  # INPUT... may also follow the options: infer MODEL -o DIR *.jpg (runtime/subcommands.py)
 
 
 def _max_size(text: str) -> int | str | None:
