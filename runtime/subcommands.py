@@ -7,8 +7,8 @@ numbers are checked by the argparse types below, so a bad value is a usage error
 spellings stay for one release as hidden aliases (:func:`add_deprecated`) that print a one-line note.
 
 Each subcommand module has ``add_arguments(parser)`` and ``run(args) -> int``, and optionally
-``finish_arguments(args, parser)`` to fold deprecated spellings into the new ones. A PansegError becomes one line on
-stderr and exit code 1.
+``finish_arguments(args, parser)`` to fold deprecated spellings into the new ones and ``MORE_POSITIONALS`` (the dest
+of a positional list that may continue after the options). A PansegError becomes one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
