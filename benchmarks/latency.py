@@ -1,15 +1,15 @@
 """End-to-end latency of every available backend against PyTorch eager, same photos, same run, same threads.
 
-    python -m benchmarks.latency --out bench/latency                     # DETR-R50 (random weights) on photos
-    python -m benchmarks.latency --checkpoint ckpt.pth --images DIR --out DIR [--onnx model.onnx]
-        [--onnx-full model_full.onnx] [--engine model.plan] [--backends eager,onnxruntime,onnxruntime-full,tensorrt]
+    python -m benchmarks.latency -o bench/latency                        # DETR-R50 (random weights) on photos
+    python -m benchmarks.latency --checkpoint ckpt.pth --images DIR -o DIR [--onnx model.onnx]
+        [--onnx-full model_full.onnx] [--plan model.plan] [--backends eager,onnxruntime,onnxruntime-full,tensorrt]
         [--size 800] [--batch 1,2] [--warmup N --iterations N] [--threads N]
 
 Backends (benchmarks/pipelines.py): eager (PyTorch + detr's PostProcessPanoptic), onnxruntime (the runtime's infer
 path on the exported model, CPU: the query-sparse pair by default), onnxruntime-full (the same on detr's single
 graph, every query's mask), onnxruntime-cuda / onnxruntime-tensorrt (ONNX Runtime GPU providers) and tensorrt (a
 .plan); those that cannot run here are listed in the report as skipped, with the reason. Without --onnx /
---onnx-full the checkpoint is exported (and verified) into --out first (model.onnx + model.masks.onnx,
+--onnx-full the checkpoint is exported (and verified) into the output folder first (model.onnx + model.masks.onnx,
 model_full.onnx). Calls are interleaved round-robin (benchmarks/interleave.py). FLOPs per stage are counted at each
 backend's own kept-query count in the run (benchmarks/flops.py). The report (report.md, report.json, two PNGs) is
 described in benchmarks/report.py.
@@ -49,6 +49,7 @@ from runtime.contract import IMAGE_EXTENSIONS
 from runtime.errors import PansegError
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.postprocess import DEFAULT_THRESHOLD
+from runtime.subcommands import ArgumentParser, add_deprecated, non_negative_int, positive_int
 
 VERIFY_MAX_IMAGES = 2
 SPARSE_EXPORT_NAME = "model.onnx"  # + model.masks.onnx
@@ -74,50 +75,49 @@ def _backend_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.latency", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path,
                    help="model checkpoint (default: DETR-R50 panoptic with random, deliberately non-degenerate "
                         "weights)")
     p.add_argument("--images", type=Path, help="folder of photos (default: scikit-image's astronaut, coffee, chelsea, "
                                                "rocket as JPEG)")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    add_deprecated(p, "--out", "-o/--output", type=Path)
     p.add_argument("--onnx", type=Path, help="exported model the onnxruntime backend runs (default: export the "
-                                             "checkpoint's query-sparse pair into --out)")
+                                             "checkpoint's query-sparse pair into -o/--output)")
     p.add_argument("--onnx-full", type=Path,
-                   help="detr's single-graph export the onnxruntime-full backend runs (default: export it into --out, "
-                        "or reuse --onnx when that is a single graph)")
+                   help="detr's single-graph export the onnxruntime-full backend runs (default: export it into "
+                        "-o/--output, or reuse --onnx when that is a single graph)")
     p.add_argument("--full", action="store_true",
                    help="when exporting for --onnx: detr's single graph instead of query-sparse")
-    p.add_argument("--engine", type=Path, help="TensorRT .plan for the tensorrt backend")
+    p.add_argument("--plan", type=Path, help="TensorRT .plan for the tensorrt backend")
+    add_deprecated(p, "--engine", "--plan", type=Path)
     p.add_argument("--backends", type=_backend_list, default=list(BACKENDS),
                    help=f"comma-separated, from {', '.join(BACKENDS)} (default: all; unavailable ones are skipped "
                         "with a note)")
-    p.add_argument("--size", type=int, help="resize shorter side (default: the model's own policy, 800 for detr)")
-    p.add_argument("--max-size", type=int,
+    p.add_argument("--size", type=positive_int,
+                   help="resize shorter side (default: the model's own policy, 800 for detr)")
+    p.add_argument("--max-size", type=positive_int,
                    help="longer side limit (default: the model's, scaled by --size like detr's 800/1333)")
     p.add_argument("--batch", type=_positive_list, default=[1], help="batch sizes, e.g. 1,2 (default: 1)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations over all batches (default: 1)")
-    p.add_argument("--iterations", type=int, default=10, help="timed iterations over all batches (default: 10)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+    p.add_argument("--warmup", type=non_negative_int, default=1,
+                   help="untimed iterations over all batches (default: 1)")
+    p.add_argument("--iterations", type=positive_int, default=10,
+                   help="timed iterations over all batches (default: 10)")
+    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
                    help=f"torch and ONNX Runtime intra-op threads (default: {torch.get_num_threads()})")
-    p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the fp32 peak measurement")
-    p.add_argument("--target-kept", type=int, default=20,
+    p.add_argument("--peak-size", type=positive_int, default=2048, help="matrix size of the fp32 peak measurement")
+    p.add_argument("--target-kept", type=positive_int, default=20,
                    help="random model only: queries per image above the threshold (default: 20)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_deprecated(p, "--quiet", "--no-progress", action="store_true")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("iterations", "threads", "peak_size", "target_kept"):
-        if getattr(args, name) < 1:
-            raise PansegError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise PansegError(f"--warmup must be at least 0, got {args.warmup}")
-    if args.size is not None and args.size < 1:
-        raise PansegError(f"--size must be at least 1, got {args.size}")
     for flag, path in (("--checkpoint", args.checkpoint), ("--onnx", args.onnx), ("--onnx-full", args.onnx_full),
-                       ("--engine", args.engine)):
+                       ("--plan", args.plan)):
         if path is not None and not path.is_file():
             raise PansegError(f"{path}: {flag} file not found")
     if args.images is not None and not args.images.is_dir():
@@ -153,16 +153,16 @@ def eager_batch(paths: list[Path], settings: ResizeSettings) -> tuple[torch.Tens
     return images, mask
 
 
-def _export(checkpoint: Path, path: Path, photos: list[Path], full: bool, quiet: bool) -> float:
+def _export(checkpoint: Path, path: Path, photos: list[Path], full: bool, no_progress: bool) -> float:
     """Export ``checkpoint`` to ``path`` (verified on the benchmark's photos); returns the seconds it took."""
     kind = "detr's single graph" if full else "query-sparse pair"
     print(f"exporting {checkpoint.name} -> {path} ({kind}, verified) ...", file=sys.stderr)
     started = time.perf_counter()
     exported = export_checkpoint(checkpoint, path, verify_images=photos[0].parent, verify_max_images=VERIFY_MAX_IMAGES,
-                                 progress=not quiet, full=full)
+                                 progress=not no_progress, full=full)
     if not exported.passed:
         raise PansegError(f"{exported.path}: the export failed verification; see python -m export.onnx "
-                          f"{checkpoint}{' --full' if full else ''} --report FILE.json")
+                          f"{checkpoint}{' --full' if full else ''} --json FILE.json")
     return time.perf_counter() - started
 
 
@@ -175,11 +175,11 @@ def prepare_models(args: argparse.Namespace, checkpoint: Path, photos: list[Path
                    model_record: dict[str, Any]) -> tuple[dict[str, Path | None], ModelInfo | None]:
     """The model file of each ``model_file`` kind the running backends need ("onnx", "onnx-full", "engine"),
     exporting what was not given, and the metadata that decides the resize policy and threshold."""
-    out: Path = args.out
+    out: Path = args.output
     onnx_path, full_path = args.onnx, args.onnx_full
     if onnx_path is None and "onnx" in needed:
         onnx_path = out / SPARSE_EXPORT_NAME
-        model_record["export_seconds"] = _export(checkpoint, onnx_path, photos, args.full, args.quiet)
+        model_record["export_seconds"] = _export(checkpoint, onnx_path, photos, args.full, args.no_progress)
     info = full_info = None
     if onnx_path is not None:
         info = _model_info(onnx_path)
@@ -190,7 +190,7 @@ def prepare_models(args: argparse.Namespace, checkpoint: Path, photos: list[Path
             full_path = onnx_path
         else:
             full_path = out / FULL_EXPORT_NAME
-            model_record["export_full_seconds"] = _export(checkpoint, full_path, photos, True, args.quiet)
+            model_record["export_full_seconds"] = _export(checkpoint, full_path, photos, True, args.no_progress)
     if full_path is not None:
         full_info = _model_info(full_path)
         if full_info.mask_graph is not None:
@@ -198,13 +198,13 @@ def prepare_models(args: argparse.Namespace, checkpoint: Path, photos: list[Path
                               f"export (its mask graph is {full_info.mask_graph}); export one with python -m "
                               "export.onnx CHECKPOINT --full")
         model_record["onnx_full"] = str(full_path)
-    return {"onnx": onnx_path, "onnx-full": full_path, "engine": args.engine}, info or full_info
+    return {"onnx": onnx_path, "onnx-full": full_path, "engine": args.plan}, info or full_info
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     _check_args(args)
     torch.set_num_threads(args.threads)
-    out: Path = args.out
+    out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     with ExitStack() as stack:
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
         selected = {name: BACKENDS[name] for name in args.backends}
         skipped = {name: reason for name, spec in selected.items()
-                   if (reason := unavailable_reason(spec, args.engine)) is not None}
+                   if (reason := unavailable_reason(spec, args.plan)) is not None}
         needed = {s.model_file for n, s in selected.items() if s.runtime_backend and n not in skipped}
         model_files, info = prepare_models(args, checkpoint, photos, needed, model_record)
         settings = resize_settings(args, loaded, info)
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             counted = [count_call_flops(loaded.model, *eager_batch(g, settings)) for g in groups]
             flops_record[str(batch)] = [c.to_json() for c in counted]
             with hardware.RssSampler() as sampler:
-                runs = run_interleaved(pipelines, groups, args.iterations, args.warmup, not args.quiet,
+                runs = run_interleaved(pipelines, groups, args.iterations, args.warmup, not args.no_progress,
                                        f"batch {batch}")
             for name, result in runs.items():
                 pipeline = pipelines[name]
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(markdown(report).split("## Stages")[0])
-    print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
+    print(f"report: {args.output / 'report.md'}, {args.output / 'report.json'}")
     return 0
 
 

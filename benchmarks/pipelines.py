@@ -207,7 +207,7 @@ def unavailable_reason(spec: BackendSpec, engine: Path | None) -> str | None:
     if missing:
         return f"python module {', '.join(missing)} not installed (needs an NVIDIA GPU machine)"
     if spec.model_file == "engine" and engine is None:
-        return "no --engine given (build one with python -m export.tensorrt)"
+        return "no --plan given (build one with python -m export.tensorrt)"
     if spec.runtime_backend == "onnxruntime":
         import onnxruntime
 

@@ -3,9 +3,9 @@
 It writes a few hundred COCO-panoptic-like images (wavy stuff bands, overlapping thing instances, a few crowd
 regions, one-pixel VOID borders) and predictions made by perturbing them the way a real model errs (shifted and
 resized instances, missed ones, wrong classes, spurious ones), runs both evaluators, checks that every number
-agrees to 1e-9, and writes report.md and report.json into --out.
+agrees to 1e-9, and writes report.md and report.json into the -o/--output folder.
 
-    python -m benchmarks.pq_speed --images 300 --size 640x480 --out bench/pq
+    python -m benchmarks.pq_speed --images 300 --shape 480x640 -o bench/pq
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.panoptic_format import VOID, write_panoptic_png
 from runtime.pq import default_workers, load_eval_inputs, pq_compute, pq_compute_stats
+from runtime.subcommands import ArgumentParser, add_deprecated, non_negative_int, parse_hw, positive_int
 
 THING_IDS = list(range(1, 21))
 STUFF_IDS = list(range(101, 111))
@@ -213,17 +214,31 @@ def max_difference(ours: dict[str, Any], ref: dict[str, Any]) -> float:
     return diff
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pq_speed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT (default 640x480)")
-    parser.add_argument("--out", required=True, help="folder for report.md and report.json")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each evaluator, best kept (default 3)")
-    parser.add_argument("--seed", type=int, default=0)
+def _width_x_height(text: str) -> tuple[int, int]:
+    """The deprecated ``--size WIDTHxHEIGHT``, read with the shared parser and turned into (height, width)."""
+    width, height = parse_hw(text)
+    return height, width
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m benchmarks.pq_speed", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=positive_int, default=300)
+    parser.add_argument("--shape", type=parse_hw, default=(480, 640), metavar="HxW",
+                        help="image height x width (default 480x640)")
+    add_deprecated(parser, "--size", "--shape HxW (height first)", type=_width_x_height, dest="shape")
+    parser.add_argument("-o", "--output", required=True, help="folder for report.md and report.json")
+    add_deprecated(parser, "--out", "-o/--output")
+    parser.add_argument("--repeat", type=positive_int, default=3,
+                        help="timed runs of each evaluator, best kept (default 3)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--data", help="keep the generated dataset here instead of a temporary folder")
-    args = parser.parse_args(argv)
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    h, w = args.shape
     cores = default_workers()
 
     with tempfile.TemporaryDirectory(prefix="pq_speed_") as tmp:
@@ -247,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     best_wall = {k: min(v) for k, v in wall.items()}
     best_cpu = {k: min(v) for k, v in cpu.items()}
     report = {
-        "images": args.images, "size": f"{w}x{h}", "cores": cores, "repeat": args.repeat,
+        "images": args.images, "shape": f"{h}x{w}", "cores": cores, "repeat": args.repeat,
         "python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
         "wall_seconds_all_cores": wall, "cpu_seconds_one_process": cpu,
         "speedup_wall": best_wall["panopticapi"] / best_wall["panseg"],
@@ -255,14 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_difference": diff,
         "results": {g: ours[g] for g in ("All", "Things", "Stuff")},
     }
-    out = Path(args.out)
+    out = Path(args.output)
     atomic_write_json(out / "report.json", report, indent=2)
     ms = {k: 1000 * v / args.images for k, v in best_cpu.items()}
     lines = [
         "# PQ evaluation speed: panseg vs panopticapi",
         "",
-        f"{args.images} synthetic images {w}x{h}, {cores} cores, best of {args.repeat} interleaved runs, "
-        f"Python {report['python']}, numpy {report['numpy']}.",
+        f"{args.images} synthetic images of {h}x{w} (height x width), {cores} cores, best of {args.repeat} interleaved "
+        f"runs, Python {report['python']}, numpy {report['numpy']}.",
         "",
         "| evaluator | wall, all cores (s) | images/s | CPU, one process (s) | CPU ms/image |",
         "|---|---:|---:|---:|---:|",

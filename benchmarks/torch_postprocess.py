@@ -29,9 +29,9 @@ from runtime.postprocess import (
     MASK_STRIDE,
     MAX_SMALL_AREA,
     PanopticResult,
-    _boxes,
-    _first_of_category,
-    _sample_grid,
+    first_of_category,
+    sample_grid,
+    segment_boxes,
     suppress_duplicate_things,
     valid_mask_region,
 )
@@ -143,7 +143,7 @@ class PostProcessPanoptic(nn.Module):
         label_array = labels.cpu().numpy()
 
         upsampled = F.interpolate(masks[None].float(), size=processed_size, mode="bilinear", align_corners=False)[0]
-        row_grid, col_grid = _sample_grid(processed_size[0], target_h), _sample_grid(processed_size[1], target_w)
+        row_grid, col_grid = sample_grid(processed_size[0], target_h), sample_grid(processed_size[1], target_w)
         rows, row_counts, row_inverse = (torch.from_numpy(a).to(device) for a in row_grid)
         cols, col_counts, col_inverse = (torch.from_numpy(a).to(device) for a in col_grid)
         weight = (row_counts[:, None] * col_counts[None, :]).flatten().to(torch.float64)
@@ -164,7 +164,7 @@ class PostProcessPanoptic(nn.Module):
         first_pass = True
         while True:
             if first_pass or self.merge_stuff:
-                rep = torch.from_numpy(_first_of_category(label_array, alive.cpu().numpy(), is_stuff)).to(device)
+                rep = torch.from_numpy(first_of_category(label_array, alive.cpu().numpy(), is_stuff)).to(device)
             else:
                 rep = identity
             segment = rep[owner]
@@ -184,7 +184,7 @@ class PostProcessPanoptic(nn.Module):
         seg_ids = torch.zeros(n, dtype=torch.int64, device=device)
         seg_ids[segment_queries] = torch.arange(segment_queries.numel(), device=device) + first_id
         id_map = seg_ids[segment][row_inverse][:, col_inverse]
-        boxes = _boxes(segment.cpu().numpy(), segment_queries.cpu().numpy(), row_grid[1], col_grid[1])
+        boxes = segment_boxes(segment.cpu().numpy(), segment_queries.cpu().numpy(), row_grid[1], col_grid[1])
         segments_info: list[dict[str, Any]] = []
         for k, q in enumerate(segment_queries.tolist()):
             members = alive & (rep == q)

@@ -30,7 +30,7 @@ from runtime.outputs import FAILURES_FILE, TIMINGS_FILE, ImageJob, OutputDir, Pr
 from runtime.pipeline import InferOptions, Pipeline, StageTimes, prefetched
 from runtime.postprocess import PanopticResult
 
-__all__ = ["Failure", "InferOptions", "InferReport", "infer", "run_inference", "run_settings", "write_outputs"]
+__all__ = ["InferReport", "infer", "run_inference", "run_settings", "write_outputs"]
 
 
 @dataclass

@@ -162,14 +162,14 @@ def nearest_taps(n_in: int, n_out: int) -> np.ndarray:
     return np.asarray(row.resize((n_out, 1), Image.NEAREST), dtype=np.int64)[0]
 
 
-def _sample_grid(n_processed: int, n_target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_grid(n_processed: int, n_target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The processed indices that the nearest resize samples, how many output pixels each becomes, and the inverse."""
     taps = nearest_taps(n_processed, n_target)
     used, inverse, counts = np.unique(taps, return_inverse=True, return_counts=True)
     return used, counts, inverse
 
 
-def _first_of_category(labels: np.ndarray, alive: np.ndarray, is_stuff: np.ndarray) -> np.ndarray:
+def first_of_category(labels: np.ndarray, alive: np.ndarray, is_stuff: np.ndarray) -> np.ndarray:
     """For every query, the first alive query of its category if it is stuff; itself otherwise."""
     rep = np.arange(labels.size)
     first: dict[int, int] = {}
@@ -212,8 +212,8 @@ def panoptic_segmentation(
         raise PansegError(f"predicted class ids {unknown} are not in the category table ({len(is_thing)} categories)")
     is_stuff = np.array([not is_thing[int(c)] for c in labels.tolist()], dtype=bool)
 
-    rows, row_counts, row_inverse = _sample_grid(int(processed_size[0]), target_h)
-    cols, col_counts, col_inverse = _sample_grid(int(processed_size[1]), target_w)
+    rows, row_counts, row_inverse = sample_grid(int(processed_size[0]), target_h)
+    cols, col_counts, col_inverse = sample_grid(int(processed_size[1]), target_w)
     weight = np.outer(row_counts, col_counts).astype(np.float64).ravel()  # original pixels per sampled pixel
     up = SampledBilinear(masks, processed_size, rows, cols)
     owner = up.argmax(threads)
@@ -221,7 +221,7 @@ def panoptic_segmentation(
     alive = np.ones(n, dtype=bool)
     first_pass = True
     while True:
-        rep = _first_of_category(labels, alive, is_stuff) if (first_pass or merge_stuff) else np.arange(n)
+        rep = first_of_category(labels, alive, is_stuff) if (first_pass or merge_stuff) else np.arange(n)
         segment = rep[owner]
         area = np.rint(np.bincount(segment.ravel(), weights=weight, minlength=n)).astype(np.int64)
         # detr's first pass judges every query by its own (de-duplicated) area, so stuff duplicates (area 0) go;
@@ -246,7 +246,7 @@ def panoptic_segmentation(
     seg_ids[segment_queries] = np.arange(first_id, first_id + segment_queries.size, dtype=np.uint32)
     sampled_ids = seg_ids[segment]
     id_map = sampled_ids[row_inverse][:, col_inverse]
-    boxes = _boxes(segment, segment_queries, row_counts, col_counts)
+    boxes = segment_boxes(segment, segment_queries, row_counts, col_counts)
     segments_info = []
     for k, q in enumerate(segment_queries.tolist()):
         members = np.flatnonzero(alive & (rep == q))
@@ -263,8 +263,8 @@ def panoptic_segmentation(
     return PanopticResult(id_map, segments_info)
 
 
-def _boxes(segment: np.ndarray, queries: np.ndarray, row_counts: np.ndarray, col_counts: np.ndarray
-           ) -> list[list[int]]:
+def segment_boxes(segment: np.ndarray, queries: np.ndarray, row_counts: np.ndarray, col_counts: np.ndarray
+                  ) -> list[list[int]]:
     """COCO [x, y, w, h] of each query's pixels in the original image, from the sampled grid.
 
     Each sampled row (column) stands for a contiguous run of original rows (NEAREST is monotonic), so a segment's

@@ -243,7 +243,7 @@ def test_cv_warning_only_for_variable_latency(tmp_path, monkeypatch, capsys, lat
     stub = StubBackend(engine, latencies)
     monkeypatch.setattr(model_module, "select_backend", lambda *args, **kwargs: stub)
     monkeypatch.setattr(bench, "perf_counter_ns", stub.clock)
-    code, out, err = _bench(["--engine", str(engine), "--iterations", "10", "--warmup", "0", "--no-progress",
+    code, out, err = _bench([str(engine), "--iterations", "10", "--warmup", "0", "--no-progress",
                              "--json", str(tmp_path / "b.json")], capsys)
     assert code == 0
     report = json.loads((tmp_path / "b.json").read_text())
@@ -278,7 +278,7 @@ def test_fixed_shape_model_defaults_to_its_shape_and_refuses_others(models, caps
         shape = resolve_shape(backend, parse_model_info(backend.metadata()))
     assert (shape.batch, shape.height, shape.width) == (STATIC.batch, STATIC.height, STATIC.width)
     for extra, problem in ((["--batch", "1"], "batch is fixed at 2"), (["--shape", "64x64"], "fixed at 64x96")):
-        code, out, err = _bench(["--engine", str(models["static"]), *extra, *ORT], capsys)
+        code, out, err = _bench([str(models["static"]), *extra, *ORT], capsys)
         assert code == 1 and out == ""
         assert err.count("\n") == 1 and str(models["static"]) in err and problem in err
 
@@ -341,7 +341,7 @@ def _counting_backends(monkeypatch) -> dict[str, list[dict[str, tuple[int, ...]]
 def test_json_report_is_complete_and_consistent_with_its_samples(models, tmp_path, monkeypatch, capsys):
     calls = _counting_backends(monkeypatch)
     out_json = tmp_path / "report" / "bench.json"
-    code, out, err = _bench(["--engine", str(models["dynamic"]), "--batch", "2", "--shape", "32x48",
+    code, out, err = _bench([str(models["dynamic"]), "--batch", "2", "--shape", "32x48",
                              "--iterations", "7", "--warmup", "3", "--padding-fraction", "0.5",
                              "--json", str(out_json), *ORT], capsys)
     assert code == 0, err
@@ -381,7 +381,7 @@ def test_query_sparse_pair_gives_a_row_per_graph_and_one_for_the_whole_model(mod
     detector = models["dynamic"]
     masks = detector.with_name(mask_graph_name(detector))
     out_json = tmp_path / "pair.json"
-    code, out, err = _bench(["--engine", str(detector), "--batch", "2", "--shape", "32x48", "--iterations", "2",
+    code, out, err = _bench([str(detector), "--batch", "2", "--shape", "32x48", "--iterations", "2",
                              "--warmup", "1", "--kept", "3", "--json", str(out_json), *ORT], capsys)
     assert code == 0, err
     report = json.loads(out_json.read_text())
@@ -409,7 +409,7 @@ def test_query_sparse_pair_gives_a_row_per_graph_and_one_for_the_whole_model(mod
 def test_single_graph_gives_one_whole_model_row(models, tmp_path, monkeypatch, capsys):
     calls = _counting_backends(monkeypatch)
     out_json = tmp_path / "full.json"
-    code, out, err = _bench(["--engine", str(models["full"]), "--shape", "32x32", "--iterations", "2", "--warmup", "1",
+    code, out, err = _bench([str(models["full"]), "--shape", "32x32", "--iterations", "2", "--warmup", "1",
                              "--json", str(out_json), *ORT], capsys)
     assert code == 0, err
     report = json.loads(out_json.read_text())
@@ -425,7 +425,7 @@ def test_kept_default_and_bounds(tmp_path, models, capsys):
     info = _stub_info(StubBackend(tmp_path / "stub.onnx"))
     assert bench.resolve_kept(dataclasses.replace(info, num_queries=100), None)[0] == 20
     assert bench.resolve_kept(info, None)[0] == 1 and bench.resolve_kept(info, 4) == (4, "--kept")
-    code, out, err = _bench(["--engine", str(models["dynamic"]), "--kept", "5", *ORT], capsys)
+    code, out, err = _bench([str(models["dynamic"]), "--kept", "5", *ORT], capsys)
     assert code == 1 and out == "" and err.count("\n") == 1
     assert str(models["dynamic"]) in err and "--kept 5" in err and "4 queries" in err
 
@@ -448,8 +448,8 @@ def test_threads_with_tensorrt_warn_in_bench_and_infer_alike(tmp_path, capsys):
     from runtime.commands import bench_cmd, infer_cmd
 
     plan = str(tmp_path / "m.plan")
-    for command, argv in ((bench_cmd, ["--engine", plan]),
-                          (infer_cmd, ["--engine", plan, "--input", "x.jpg", "--output", "out"])):
+    for command, argv in ((bench_cmd, [plan]),
+                          (infer_cmd, [plan, "x.jpg", "-o", "out"])):
         parser = argparse.ArgumentParser()
         command.add_arguments(parser)
         args = parser.parse_args([*argv, "--threads", "3"])
@@ -464,14 +464,19 @@ def test_threads_with_tensorrt_warn_in_bench_and_infer_alike(tmp_path, capsys):
     ["--iterations", "0"], ["--batch", "0"], ["--warmup", "-1"], ["--threads", "0"], ["--duration", "-2"],
     ["--warmup-seconds", "nan"], ["--padding-fraction", "1"], ["--shape", "0x10"], ["--shape", "64"]])
 def test_non_positive_numbers_are_one_line_errors(models, capsys, argv):
-    code, out, err = _bench(["--engine", str(models["dynamic"]), *ORT, *argv], capsys)
-    assert code == 1 and out == ""
+    # argparse types check the numbers, as in every panseg command: a one-line usage error, exit 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["bench", str(models["dynamic"]), *ORT, *argv])
+    code = info.value.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("panseg-rt bench: error: ") and argv[0] in err
 
 
 def test_missing_engine_is_a_one_line_error(tmp_path, capsys):
     for name in ("missing.onnx", "missing.plan"):
-        code, _, err = _bench(["--engine", str(tmp_path / name), "--no-progress"], capsys)
+        code, _, err = _bench([str(tmp_path / name), "--no-progress"], capsys)
         assert code == 1 and err == f"panseg-rt bench: error: {tmp_path / name}: no such engine file\n"
 
 
@@ -481,7 +486,7 @@ def test_bench_runs_without_torch(models, tmp_path):
         f"""
         import json, sys
         from runtime.cli import main
-        code = main(["bench", "--engine", r"{models['dynamic']}", "--shape", "32x32", "--iterations", "3",
+        code = main(["bench", r"{models['dynamic']}", "--shape", "32x32", "--iterations", "3",
                      "--warmup", "1", "--threads", "1", "--no-ort-cache", "--no-progress", "--json", r"{out_json}"])
         assert code == 0, code
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))

@@ -38,7 +38,7 @@ STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "nms", "benc
 
 
 def _run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.demo", "--out", str(out), "--quick", *extra], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "benchmarks.demo", "-o", str(out), "--quick", *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -317,7 +317,7 @@ def test_commands_are_shown_relative_to_the_repository():
     lines = [line for stage in demo.plan(REPO / "demo", "quick") for line in stage.shell_lines()]
     assert len(lines) >= len(STAGES) + 2
     assert not [line for line in lines if str(REPO) in line]
-    assert lines[0].startswith(f"{shlex.quote(python_name())} -m train.prepare synthetic --out demo/data ")
+    assert lines[0].startswith(f"{shlex.quote(python_name())} -m train.prepare synthetic -o demo/data ")
     copy = [line for line in lines if line.startswith("mkdir -p ")]
     assert copy == [f"mkdir -p demo/bench_images && cp $(ls demo/data/val2017/*.jpg | head -n "
                     f"{demo.SIZES['quick']['bench_images']}) demo/bench_images/"]
@@ -347,7 +347,7 @@ def test_demo_stops_at_a_failing_command_with_one_line(tmp_path, monkeypatch, ca
               Stage("broken", (Command((sys.executable, "-c", "raise SystemExit(3)")),), outputs=(tmp_path / "no",)),
               Stage("never", (Command((sys.executable, "-c", "raise SystemExit(4)")),))]
     monkeypatch.setattr(demo, "plan", lambda out, size: stages)
-    code = demo.main(["--out", str(tmp_path / "out"), "--quick"])
+    code = demo.main(["-o", str(tmp_path / "out"), "--quick"])
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert len(err.splitlines()) == 1

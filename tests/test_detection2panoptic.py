@@ -117,7 +117,7 @@ def expected_segments(detection: dict, image_id: int) -> list[list[dict]]:
 def test_cli_names_the_folder_with_one_slash(tmp_path, capsys, trailing):
     det, cats = write_inputs(tmp_path, detection_dataset())
     out_json, pngs = tmp_path / "out.json", tmp_path / "pngs"
-    argv = ["detection2panoptic", "--input-json", str(det), "--output-json", str(out_json),
+    argv = ["detection2panoptic", "--input-json", str(det), "-o", str(out_json),
             "--segmentations-folder", f"{pngs}{trailing}", "--categories-json", str(cats)]
     capsys.readouterr()
     assert run_subcommand("prepare", "", {"detection2panoptic": SUBCOMMANDS["detection2panoptic"]}, argv) == 0
@@ -133,7 +133,7 @@ def test_cli_output_matches_pycocotools_masks_and_panopticapi_rules(tmp_path, ca
     detection = detection_dataset()
     det, cats = write_inputs(tmp_path, detection)
     out_json, pngs = tmp_path / "out.json", tmp_path / "pngs"
-    argv = ["detection2panoptic", "--input-json", str(det), "--output-json", str(out_json),
+    argv = ["detection2panoptic", "--input-json", str(det), "-o", str(out_json),
             "--segmentations-folder", str(pngs), "--categories-json", str(cats)]
     assert run_subcommand("prepare", "", {"detection2panoptic": SUBCOMMANDS["detection2panoptic"]}, argv) == 0
     panoptic = json.loads(out_json.read_text())
@@ -293,7 +293,7 @@ def test_cli_bad_input_exits_1_with_one_line_and_no_partial_json(tmp_path, capsy
     detection["annotations"][1]["segmentation"] = compressed_rle(rect(20, 30, slice(0, 8), slice(0, 18)))  # overlaps
     det, cats = write_inputs(tmp_path, detection)
     out_dir = tmp_path / "out"
-    argv = ["detection2panoptic", "--input-json", str(det), "--output-json", str(out_dir / "pan.json"),
+    argv = ["detection2panoptic", "--input-json", str(det), "-o", str(out_dir / "pan.json"),
             "--categories-json", str(cats), "--workers", "2"]
     capsys.readouterr()
     assert run_subcommand("prepare", "", {"detection2panoptic": SUBCOMMANDS["detection2panoptic"]}, argv) == 1

@@ -236,7 +236,7 @@ def test_verification_images_are_checked_before_the_export(tiny_ckpt, workdir, i
              empty: "no images"}
     for source, expected in cases.items():
         out = workdir / "never.onnx"
-        code = main([str(tiny_ckpt), "-o", str(out), "--verify-images", str(images_dir), str(source), "--quiet"])
+        code = main([str(tiny_ckpt), "-o", str(out), "--verify-images", str(images_dir), str(source), "--no-progress"])
         err = capsys.readouterr().err.strip()
         assert code == 1 and len(err.splitlines()) == 1 and f"{source}: {expected}" in err, err
         assert not out.exists()
@@ -277,7 +277,7 @@ def test_cli_default_without_verify_images_generates_synthetic_ones_and_says_so(
 def test_static_shape_export_fixes_dims_and_verifies(tiny_ckpt, workdir, images_dir, capsys):
     out = workdir / "static.onnx"
     code = main([str(tiny_ckpt), "-o", str(out), "--full", "--static-shape", "64x96", "--batch", "2", "--no-simplify",
-                 "--verify-images", str(images_dir), "--verify-max-images", "2", "--quiet"])
+                 "--verify-images", str(images_dir), "--verify-max-images", "2", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "verification PASSED" in printed and "64x96 b2" in printed
@@ -295,7 +295,7 @@ def test_detection_only_checkpoint_exports_boxes_only(workdir, images_dir, capsy
     out = workdir / "det.onnx"
     report = workdir / "det_report.json"
     code = main([str(ckpt), "-o", str(out), "--verify-images", str(images_dir), "--verify-sizes", "64",
-                 "--verify-max-images", "1", "--report", str(report), "--quiet"])
+                 "--verify-max-images", "1", "--json", str(report), "--no-progress"])
     assert code == 0, capsys.readouterr()
     model = onnx.load(str(out))
     assert [o.name for o in model.graph.output] == ["pred_logits", "pred_boxes"]
@@ -400,7 +400,7 @@ def test_bad_inputs_give_one_line_exit_1_and_no_file(tiny_ckpt, workdir, capsys)
     folder.mkdir()
     for label, (ckpt, expected) in _bad_inputs(folder, tiny_ckpt).items():
         out = folder / "out" / "model.onnx"
-        code = main([str(ckpt), "-o", str(out), "--quiet"])
+        code = main([str(ckpt), "-o", str(out), "--no-progress"])
         err = capsys.readouterr().err.strip()
         assert code == 1, label
         assert expected in err, (label, err)
@@ -422,7 +422,7 @@ def test_failed_verification_exits_1_and_keeps_model_only_under_failed_name(tiny
     out = workdir / "strict.onnx"
     code = main([str(tiny_ckpt), "-o", str(out), "--atol-logits", "0", "--atol-boxes", "0", "--atol-masks", "0",
                  "--rtol", "0", "--verify-images", str(images_dir), "--verify-sizes", "64",
-                 "--verify-max-images", "1", "--no-simplify", "--quiet"])
+                 "--verify-max-images", "1", "--no-simplify", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
     assert "verification FAILED" in captured.out and "verification FAILED" in captured.err

@@ -93,7 +93,7 @@ def _val(dataset: Path) -> tuple[Path, Path, Path]:
 def coco_run(model, dataset, work) -> Path:
     images, gt_json, _ = _val(dataset)
     out = work / "coco_run"
-    code = main(["infer", "--engine", str(model), "--input", str(images), "--output", str(out), "--coco-json",
+    code = main(["infer", str(model), str(images), "-o", str(out), "--coco-json",
                  str(gt_json), "--overlay", "--no-progress", *SIZE_ARGS, *THREADS])
     assert code == 0
     return out
@@ -218,7 +218,7 @@ def test_bad_images_are_reported_by_name_and_skipped(model, dataset, work, capsy
     (folder / "corrupt.png").write_bytes(bytes(corrupt))
     out = work / "bad_run"
     capsys.readouterr()
-    code = main(["infer", "--engine", str(model), "--input", str(folder), "--output", str(out), "--no-progress",
+    code = main(["infer", str(model), str(folder), "-o", str(out), "--no-progress",
                  "--batch-size", "3", *SIZE_ARGS, *THREADS])
     err = capsys.readouterr().err
     assert code == 1
@@ -242,7 +242,7 @@ def test_summary_says_what_was_written_when_images_fail(model, work, capsys):
     for inputs, written in (([folder / "empty.jpg"], 0), ([good, folder / "empty.jpg"], 1)):
         out = work / f"one_bad_run{written}"
         capsys.readouterr()
-        code = main(["infer", "--engine", str(model), "--input", *map(str, inputs), "--output", str(out),
+        code = main(["infer", str(model), *map(str, inputs), "-o", str(out),
                      "--no-progress", *SIZE_ARGS, *THREADS])
         captured = capsys.readouterr()
         assert code == 1
@@ -250,7 +250,7 @@ def test_summary_says_what_was_written_when_images_fail(model, work, capsys):
                                                  f"{out / 'failures.json'} (1 failed); timings in timings.json")
         assert len(_predictions(out)["annotations"]) == written
         assert [Path(f["input"]).name for f in json.loads((out / "failures.json").read_text())] == ["empty.jpg"]
-    code = main(["infer", "--engine", str(model), "--input", str(good), "--output", str(work / "all_good"),
+    code = main(["infer", str(model), str(good), "-o", str(work / "all_good"),
                  "--no-progress", *SIZE_ARGS, *THREADS])
     assert code == 0
     assert capsys.readouterr().out.splitlines()[-1] == (f"wrote {work / 'all_good' / 'predictions.json'} (1 images); "
@@ -313,7 +313,7 @@ def test_coco_json_inputs_missing_from_the_dataset_fail(model, dataset, work, ca
     stray = _save_crop(work / "stray.png", 2, 64, 64)
     known = sorted(_val(dataset)[0].glob("*.jpg"))[0]
     capsys.readouterr()
-    code = main(["infer", "--engine", str(model), "--input", str(known), str(stray), "--output",
+    code = main(["infer", str(model), str(known), str(stray), "-o",
                  str(work / "stray_run"), "--coco-json", str(_val(dataset)[1]), "--no-progress", *SIZE_ARGS])
     assert code == 1
     assert f"{stray}: not in {_val(dataset)[1]}" in capsys.readouterr().err
@@ -329,7 +329,7 @@ def test_rerun_skips_finished_images_unless_overwrite(model, work, capsys):
     for k in range(3):
         _save_crop(folder / f"im{k}.png", k, 64, 64 + 8 * k)
     out = work / "rerun"
-    args = ["infer", "--engine", str(model), "--input", str(folder), "--output", str(out), "--no-progress",
+    args = ["infer", str(model), str(folder), "-o", str(out), "--no-progress",
             *SIZE_ARGS, *THREADS]
     assert main(args) == 0
     _age(out / "panoptic")
@@ -355,7 +355,7 @@ def test_interrupted_run_leaves_complete_files_and_valid_predictions(model, work
         for k in range(5):
             _save_crop(folder / f"im{k}.png", k, 64, 64)
     out = work / f"interrupted_{moment}"
-    args = ["infer", "--engine", str(model), "--input", str(folder), "--output", str(out), "--no-progress",
+    args = ["infer", str(model), str(folder), "-o", str(out), "--no-progress",
             *SIZE_ARGS, *THREADS]
     calls = []
 
@@ -537,7 +537,7 @@ def test_detection_models_are_refused_and_static_shapes_are_padded_to_fit(model)
 def test_threads_reach_the_engine_options(model):
     parser = argparse.ArgumentParser()
     infer_cmd.add_arguments(parser)
-    base = ["--engine", str(model), "--input", "x.jpg", "--output", "out"]
+    base = [str(model), "x.jpg", "-o", "out"]
     options = infer_cmd._backend_options(parser.parse_args([*base, "--threads", "3"]))
     assert options["intra_op_threads"] == 3
     assert infer_cmd._backend_options(parser.parse_args(base))["intra_op_threads"] is None
@@ -556,7 +556,7 @@ def test_infer_runs_where_torch_cannot_be_imported(model, work):
         import sys
         import runtime
         from runtime.cli import main
-        code = main(["infer", "--engine", r"{model}", "--input", r"{folder}", "--output", r"{out}",
+        code = main(["infer", r"{model}", r"{folder}", "-o", r"{out}",
                      "--no-progress", "--overlay", "--batch-size", "2", "--size", "64", "--threads", "1"])
         assert code == 0, code
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "train", "export"))

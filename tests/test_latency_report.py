@@ -46,9 +46,9 @@ def report(tmp_path_factory) -> tuple[dict, Path]:
         sample = generate_sample(0, "val", index, size=max(h, w)).image
         Image.fromarray(np.ascontiguousarray(sample[:h, :w])).save(images / f"photo{index}.jpg", quality=95)
     out = work / "report"
-    code = main(["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--size", "64",
+    code = main(["--checkpoint", str(checkpoint), "--images", str(images), "-o", str(out), "--size", "64",
                  "--batch", ",".join(map(str, BATCHES)), "--warmup", "1", "--iterations", str(ITERATIONS),
-                 "--threads", "1", "--peak-size", "256", "--quiet"])
+                 "--threads", "1", "--peak-size", "256", "--no-progress"])
     assert code == 0
     return json.loads((out / "report.json").read_text()), out
 
@@ -290,7 +290,7 @@ def test_round_robin_rotates_and_groups_wrap_around():
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
-    assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o")]) == 1
+    assert main(["--checkpoint", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "missing.pth" in err and "\n" not in err
 
@@ -299,8 +299,8 @@ def test_a_query_sparse_export_given_as_the_full_graph_is_a_one_line_error(repor
     _, out = report
     sparse = out / "model.onnx"
     capsys.readouterr()
-    assert main(["--checkpoint", str(out.parent / "tiny.pth"), "--images", str(out.parent / "images"), "--out",
+    assert main(["--checkpoint", str(out.parent / "tiny.pth"), "--images", str(out.parent / "images"), "-o",
                  str(tmp_path / "o"), "--onnx", str(sparse), "--onnx-full", str(sparse), "--backends",
-                 f"eager,{FULL}", "--threads", "1", "--quiet"]) == 1
+                 f"eager,{FULL}", "--threads", "1", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and str(sparse) in err and "single graph" in err

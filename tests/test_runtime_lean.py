@@ -30,7 +30,7 @@ def test_runtime_and_cli_work_without_torch(tmp_path):
         for mod in pkgutil.walk_packages(runtime.__path__, "runtime."):
             importlib.import_module(mod.name)
         from runtime.cli import main
-        code = main(["validate", "--json", r"{tmp_path / 'pan.json'}", "--folder", r"{tmp_path}"])
+        code = main(["validate", r"{tmp_path / 'pan.json'}", r"{tmp_path}"])
         assert code == 0, code
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
         assert not leaked, leaked

@@ -155,7 +155,7 @@ def sparse_export(checkpoint, work, images_dir):
 @pytest.fixture(scope="module")
 def full_model(checkpoint, work) -> Path:
     out = work / "full.onnx"
-    assert export_main([str(checkpoint), "-o", str(out), "--full", "--no-verify", "--quiet"]) == 0
+    assert export_main([str(checkpoint), "-o", str(out), "--full", "--no-verify", "--no-progress"]) == 0
     return out
 
 
@@ -316,7 +316,7 @@ def test_static_shape_export_fixes_image_dims_but_keeps_the_kept_dimension_dynam
                                                                                    capsys):
     out = work / "static.onnx"
     code = export_main([str(checkpoint), "-o", str(out), "--static-shape", "64x96", "--batch", "2", "--no-simplify",
-                        "--verify-images", str(images_dir), "--verify-max-images", "2", "--quiet"])
+                        "--verify-images", str(images_dir), "--verify-max-images", "2", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "verification PASSED" in printed and f"its mask graph {work / 'static.masks.onnx'}" in printed

@@ -76,7 +76,7 @@ def category_table(ds: Path) -> dict[int, dict]:
 def test_cli_creates_detr_layout(tmp_path):
     out = tmp_path / "synthetic"
     proc = subprocess.run(
-        [sys.executable, "-m", "train.prepare", "synthetic", "--out", str(out), "--train", "3", "--val", "2",
+        [sys.executable, "-m", "train.prepare", "synthetic", "-o", str(out), "--train", "3", "--val", "2",
          "--size", str(SIZE), "--seed", "5"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -115,17 +115,19 @@ def test_cli_rerun_replaces_previous_dataset(tmp_path):
     (["--train", "0"], "--train"),
 ])
 def test_bad_arguments_give_one_line_error(tmp_path, capsys, argv, message):
-    code = run_subcommand("python -m train.prepare", "", SUBCOMMANDS,
-                          ["synthetic", "--out", str(tmp_path / "x"), *argv])
+    # argparse types check the numbers, as in every panseg command: a one-line usage error, exit 2
+    with pytest.raises(SystemExit) as info:
+        run_subcommand("python -m train.prepare", "", SUBCOMMANDS, ["synthetic", "-o", str(tmp_path / "x"), *argv])
+    code = info.value.code
     err = capsys.readouterr().err
-    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
 
 
 def test_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code = run_subcommand("python -m train.prepare", "", SUBCOMMANDS,
-                          ["synthetic", "--out", str(tmp_path / "file"), "--train", "1", "--val", "1"])
+                          ["synthetic", "-o", str(tmp_path / "file"), "--train", "1", "--val", "1"])
     err = capsys.readouterr().err
     assert code == 1 and "file" in err and "not a directory" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "file").read_text() == "x"

@@ -28,7 +28,7 @@ from export.tensorrt import BuildOptions, build_engine_file, plan_engine
 from export.tensorrt.__main__ import main
 from export.tensorrt.build import build_plan, format_command, network_flags, trtexec_command
 from export.tensorrt.masks import feature_strides
-from export.tensorrt.profile import ShapeRange, default_range, graph_inputs, parse_bhw, resolve_range
+from export.tensorrt.profile import MIN_SIDE, ShapeRange, default_range, graph_inputs, resolve_range
 from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible, load_supported_operators, unsupported_nodes
 from runtime.backends.tensorrt_backend import TensorRTBackend
@@ -36,6 +36,7 @@ from runtime.categories import categories_to_json
 from runtime.contract import sidecar_path
 from runtime.errors import PansegError
 from runtime.preprocess import preprocess, target_size
+from runtime.subcommands import bhw_type
 from runtime.trt_sidecar import (
     EngineInfo,
     GpuInfo,
@@ -150,6 +151,9 @@ def test_dry_run_on_a_real_export_prints_the_profile_and_the_trtexec_line(tiny_e
 
 
 # ---------------------------------------------------------------- profile
+
+
+parse_bhw = bhw_type(MIN_SIDE)  # the shape flags' parser (runtime/subcommands.py, shared by every command)
 
 
 @pytest.mark.parametrize("text,expected", [("1x800x1333", (1, 800, 1333)), ("4X64x 96", (4, 64, 96))])
@@ -628,7 +632,7 @@ def test_plumbing_the_command_line_writes_plan_and_side_file_together(onnx_path,
     monkeypatch.setattr(backend_module, "import_cudart", lambda: object())
     monkeypatch.setattr(backend_module, "current_gpu", lambda cudart=None, device=0: L4)
     plan = tmp_path / "out" / "m.plan"
-    code, out, err = _run([onnx_path, "-o", plan, "--hardware-compatibility", "same", "--quiet"], capsys)
+    code, out, err = _run([onnx_path, "-o", plan, "--hardware-compatibility", "same", "--no-progress"], capsys)
     assert code == 0, err
     assert plan.read_bytes() == b"stub plan bytes"
     metadata, info = read_engine_sidecar(plan)
@@ -641,7 +645,7 @@ def test_plumbing_the_command_line_writes_plan_and_side_file_together(onnx_path,
     # a failed build leaves neither file behind
     failed = tmp_path / "failed.plan"
     monkeypatch.setitem(sys.modules, "tensorrt", StubTensorRT(plan=None))
-    code, _, err = _run([onnx_path, "-o", failed, "--quiet"], capsys)
+    code, _, err = _run([onnx_path, "-o", failed, "--no-progress"], capsys)
     assert code == 1 and "failed to build" in err
     assert not failed.exists() and not sidecar_path(failed).exists()
 
@@ -779,7 +783,7 @@ def _build_pair(tiny_export, out_dir, capsys, monkeypatch, plans) -> tuple[int, 
     monkeypatch.setattr(backend_module, "import_cudart", lambda: object())
     monkeypatch.setattr(backend_module, "current_gpu", lambda cudart=None, device=0: L4)
     flags = [f"--{k.replace('_', '-')}={'x'.join(map(str, v))}" for k, v in PAIR_FLAGS.items()]
-    code, _, err = _run([tiny_export, "-o", out_dir / "tiny.plan", *flags, "--quiet"], capsys)
+    code, _, err = _run([tiny_export, "-o", out_dir / "tiny.plan", *flags, "--no-progress"], capsys)
     return code, err, stub
 
 
@@ -808,7 +812,7 @@ def test_plumbing_the_pair_is_built_and_the_side_files_link_it(tiny_export, tmp_
     assert mask_info.onnx_file == "tiny.masks.onnx" and mask_info.profile == expected
     check_plan_digest(mask_info, masks.read_bytes(), masks)
     assert json.loads(mask_strings["inputs"])["hs_kept"]["shape"] == ["kept", TINY.hidden_dim]
-    # what panseg-rt infer --engine tiny.plan does: metadata -> mask graph name -> the file next to the plan
+    # what panseg-rt infer tiny.plan does: metadata -> mask graph name -> the file next to the plan
     model_info = parse_model_info(read_sidecar_metadata(detector), str(detector))
     assert model_info.mask_graph == "tiny.masks.plan"
     assert mask_graph_path(detector, model_info.mask_graph) == masks

@@ -68,7 +68,7 @@ def onnx_model(workdir) -> Path:
 def plan(onnx_model, workdir) -> Path:
     path = workdir / "tiny.plan"
     code = main([str(onnx_model), "-o", str(path), *PROFILE, "--workspace", "1",
-                 "--timing-cache", str(workdir / "timing.cache"), "--quiet"])
+                 "--timing-cache", str(workdir / "timing.cache"), "--no-progress"])
     assert code == 0
     return path
 
@@ -173,7 +173,7 @@ def test_version_and_hardware_compatible_build_loads_and_agrees(onnx_model, engi
     path = workdir / "compatible.plan"
     flags = ["--version-compatible"] + (["--hardware-compatibility", "ampere+"] if GPU.compute_capability >= (8, 0)
                                         else ["--hardware-compatibility", "same"])
-    assert main([str(onnx_model), "-o", str(path), *PROFILE, "--quiet", *flags]) == 0
+    assert main([str(onnx_model), "-o", str(path), *PROFILE, "--no-progress", *flags]) == 0
     _, info = read_engine_sidecar(path)
     assert info.version_compatible and info.hardware_compatibility in ("ampere+", "same")
     feeds = _batch([(64, 96)], 7)
@@ -201,7 +201,7 @@ def sparse_onnx(workdir) -> Path:
 @pytest.fixture(scope="module")
 def sparse_plan(sparse_onnx, workdir) -> Path:
     path = workdir / "sparse.plan"
-    assert main([str(sparse_onnx), "-o", str(path), *PROFILE, "--workspace", "1", "--quiet"]) == 0
+    assert main([str(sparse_onnx), "-o", str(path), *PROFILE, "--workspace", "1", "--no-progress"]) == 0
     return path
 
 
@@ -266,11 +266,12 @@ def test_pair_matches_onnxruntimes_sparse_path(pair):
 
 
 def test_infer_runs_the_pair_from_the_detector_plan(sparse_plan, sparse_onnx, tmp_path):
-    """panseg-rt infer --engine sparse.plan: the mask engine is found through the side file and loaded with TensorRT."""
+    """panseg-rt infer sparse.plan: the mask engine is found through the side file and loaded with TensorRT."""
     from PIL import Image
 
-    from runtime.infer import InferOptions, infer
+    from runtime.infer import infer
     from runtime.panoptic_format import read_panoptic_png
+    from runtime.pipeline import InferOptions
 
     rng = np.random.default_rng(5)
     images = []

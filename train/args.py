@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep decoded training images and targets in memory after their first epoch (augmentations "
                         "still run every time); for small datasets")
     # run
-    p.add_argument("--output_dir", default="", help="where checkpoints and log.jsonl go (empty: nowhere)")
+    p.add_argument("--output_dir", "-o", "--output", default="",
+                   help="where checkpoints and log.jsonl go (empty: nowhere)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 with loss scaling on CUDA,"
                    " bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX)")
@@ -91,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms_iou", type=float, default=None,
                    help="box NMS among things before the mask merge, for PQ (off by default, as in detr)")
     p.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (smoke runs)")
-    p.add_argument("--no_progress", dest="progress", action="store_false")
+    p.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--json", action="store_true",
-                   help="print each epoch's log (and --eval's results) as a JSON line instead of a readable line; "
-                        "log.jsonl in --output_dir has the epochs' JSON either way")
+                   help="print the JSON records on stdout: each epoch's log (and --eval's results) as a JSON line "
+                        "instead of a readable line; log.jsonl in --output_dir has the epochs' JSON either way")
     return p

@@ -34,7 +34,7 @@ _HINTS = {  # what to do instead, for files a user plausibly mistakes for a chec
     filekind.ONNX: " (already exported: run it with panseg-rt)",
     filekind.ORT: " (already exported: run the .onnx it came from with panseg-rt)",
     filekind.TENSORRT_PLAN: " (already built: run it with panseg-rt on its GPU)",
-    filekind.IMAGE: " (to segment images: panseg-rt infer --engine MODEL.onnx --input IMAGE --output DIR)",
+    filekind.IMAGE: " (to segment images: panseg-rt infer MODEL.onnx IMAGE -o DIR)",
 }
 
 

@@ -71,7 +71,7 @@ def dataset_categories(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not train_path.exists():
         hint = ""
         if args.coco_path == DEFAULT_DATA:
-            hint = f" (generate it: python -m train.prepare synthetic --out {DEFAULT_DATA})"
+            hint = f" (generate it: python -m train.prepare synthetic -o {DEFAULT_DATA})"
         raise PansegError(f"{train_path}: annotation file not found{hint}")
     categories = read_categories(train_path, args.dataset_file)
     if val_path.exists():  # a missing val file is reported by build_dataset, with the others it needs

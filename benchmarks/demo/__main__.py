@@ -26,7 +26,7 @@ from benchmarks.demo.stages import (
 )
 from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
 from runtime.errors import PansegError
-from runtime.subcommands import report_errors
+from runtime.subcommands import ArgumentParser, add_deprecated, report_errors
 from train.recipes import RECIPES
 
 PROG = "python -m benchmarks.demo"
@@ -61,9 +61,9 @@ def plan(out: Path, size: str) -> list[Stage]:
 
     return [
         Stage("dataset", (
-            Command((py, "-m", "train.prepare", "synthetic", "--out", str(data), *cfg["dataset"])),
-            *(runtime("validate", "--check-area", "--json", str(ann / f"panoptic_{split}2017.json"),
-                      "--folder", str(data / f"panoptic_{split}2017")) for split in ("train", "val")),
+            Command((py, "-m", "train.prepare", "synthetic", "-o", str(data), *cfg["dataset"])),
+            *(runtime("validate", str(ann / f"panoptic_{split}2017.json"), str(data / f"panoptic_{split}2017"),
+                      "--check-area") for split in ("train", "val")),
         ), outputs=dataset_files, description="generate the synthetic dataset and validate both splits"),
         Stage("stage1", (Command((py, "-m", "train", *recipe.stage1_args(str(data), str(ckpt1.parent)))),),
               inputs=dataset_files, outputs=(ckpt1,), description="train detection"),
@@ -71,10 +71,10 @@ def plan(out: Path, size: str) -> list[Stage]:
                                                                          str(ckpt1)))),),
               inputs=(*dataset_files, ckpt1), outputs=(ckpt2,), description="train the mask head (frozen detector)"),
         Stage("export", (Command((py, "-m", "export.onnx", str(ckpt2), "-o", str(onnx), "--verify-images",
-                                  str(val_images), *cfg["verify"], "--report", str(out / "export_report.json"))),),
+                                  str(val_images), *cfg["verify"], "--json", str(out / "export_report.json"))),),
               inputs=(ckpt2,), outputs=(onnx, masks_onnx, out / "export_report.json"),
               description="export ONNX, verified against eager"),
-        Stage("infer", (runtime("infer", "--engine", str(onnx), "--input", str(val_images), "--output", str(infer),
+        Stage("infer", (runtime("infer", str(onnx), str(val_images), "-o", str(infer),
                                 "--overlay", "--coco-json", str(gt_json)),),
               inputs=(onnx, masks_onnx, gt_json), outputs=(pred_json,), description="panseg-rt infer on val"),
         Stage("eval", (runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
@@ -82,7 +82,7 @@ def plan(out: Path, size: str) -> list[Stage]:
                                str(out / "pq.json")),),
               inputs=(gt_json, pred_json), outputs=(out / "pq.json",), description="PQ against the val set"),
         Stage("nms", (
-            runtime("infer", "--engine", str(onnx), "--input", str(val_images), "--output", str(out / "infer_nms"),
+            runtime("infer", str(onnx), str(val_images), "-o", str(out / "infer_nms"),
                     "--coco-json", str(gt_json), "--nms-iou", NMS_IOU),
             runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
                     str(out / "infer_nms" / "predictions.json"), "--pred-folder", str(out / "infer_nms" / "panoptic"),
@@ -92,16 +92,16 @@ def plan(out: Path, size: str) -> list[Stage]:
         Stage("bench", (
             CopyFirstFiles(val_images, "*.jpg", cfg["bench_images"], bench_photos),
             Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), "--images",
-                     str(bench_photos), "--out", str(out / "bench"), *cfg["bench"])),
+                     str(bench_photos), "-o", str(out / "bench"), *cfg["bench"])),
         ), inputs=(ckpt2, onnx, masks_onnx), outputs=(out / "bench" / "report.json",),
             description="latency: ONNX Runtime against PyTorch eager"),
     ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo/)")
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, default=Path("demo"), help="output folder (default: demo/)")
+    add_deprecated(parser, "--out", "-o/--output", type=Path)
     parser.add_argument("--quick", action="store_true", help="the small size CI runs (a few minutes)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first instead of reusing stages")
     parser.add_argument("--skip-bench", action="store_true", help="skip the latency benchmark")
@@ -115,13 +115,13 @@ def _clock(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out: Path = args.out.absolute()  # shown relative to the repository when inside it (benchmarks/command_line.py)
+    out: Path = args.output.absolute()  # shown relative to the repository when inside it (benchmarks/command_line.py)
     size = "quick" if args.quick else "full"
     started = time.perf_counter()
     if args.fresh:
         remove_output(out, protected=[REPO])
     elif out.exists() and not out.is_dir():
-        raise PansegError(f"{out}: --out must be a folder")
+        raise PansegError(f"{out}: -o/--output must be a folder")
     (out / STAMP_FOLDER).mkdir(parents=True, exist_ok=True)  # marks the folder as the demo's (see --fresh)
     stages = plan(out, size)
     total = len(stages) + 1

@@ -172,9 +172,9 @@ def check_removable(out: Path, protected: Sequence[Path] = ()) -> None:
             raise PansegError(f"{out}: refusing to delete it for --fresh (it is or contains {path})")
     if target.is_dir() and any(target.iterdir()) and not (target / STAMP_FOLDER).is_dir():
         raise PansegError(f"{out}: refusing to delete it for --fresh: not a demo output folder (no {STAMP_FOLDER}/); "
-                          "choose another --out or delete it yourself")
+                          "choose another -o/--output or delete it yourself")
     if target.exists() and not target.is_dir():
-        raise PansegError(f"{out}: --out must be a folder")
+        raise PansegError(f"{out}: -o/--output must be a folder")
 
 
 def remove_output(out: Path, protected: Sequence[Path] = ()) -> None:

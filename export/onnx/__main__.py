@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,23 +16,26 @@ from pathlib import Path
 from export.onnx import ShapePolicy, Tolerances, default_output_path, export_checkpoint
 from export.onnx.graph import DEFAULT_OPSET
 from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, list_images, verdict_line
+from export.tensorrt.profile import MIN_SIDE
 from runtime.atomic import atomic_write_json
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
-from runtime.subcommands import positive_int, report_errors
+from runtime.subcommands import (
+    ArgumentParser,
+    add_deprecated,
+    hw_type,
+    non_negative_float,
+    positive_int,
+    probability,
+    report_errors,
+)
 from train.args import DEFAULT_DATA
 
 PROG = "python -m export.onnx"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VERIFY_FOLDER = Path(DEFAULT_DATA) / "val2017"  # the synthetic data set's val images, as `python -m train` uses
 GENERATED_IMAGES = 4
-
-
-def _hw(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m or int(m.group(1)) < 32 or int(m.group(2)) < 32:
-        raise argparse.ArgumentTypeError(f"expected HxW with both at least 32, e.g. 800x1216, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+image_hw = hw_type(MIN_SIDE)  # --static-shape: the shared HxW parser, at least one backbone stride a side
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -48,20 +50,21 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     tol = Tolerances()
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file (.pth): our training's, detr main.py's, or a detr release")
     p.add_argument("-o", "--output", help="output .onnx (default: the checkpoint's stem + .onnx, here)")
     p.add_argument("--categories", metavar="FILE",
                    help="COCO categories JSON (a list, or a dict with 'categories'); overrides the checkpoint's")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17+ for TensorRT)")
-    p.add_argument("--static-shape", type=_hw, metavar="HxW", help="fixed input height and width (default: dynamic)")
+    p.add_argument("--static-shape", type=image_hw, metavar="HxW",
+                   help="fixed input height and width (default: dynamic)")
     p.add_argument("--batch", type=positive_int, help="fixed batch size (default: dynamic)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--full", action="store_true",
                    help="panoptic: detr's single graph with every query's mask, instead of the default query-sparse "
                         "pair NAME.onnx (detector) + NAME.masks.onnx (mask head on the kept queries only)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
                    help="default score threshold stored in the model (and used by verification)")
     v = p.add_argument_group("verification")
     v.add_argument("--no-verify", action="store_true", help="skip verification")
@@ -72,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verify-sizes", type=_sizes, default=DEFAULT_SIZES, metavar="S1,S2",
                    help="shorter sides to verify at (dynamic shapes)")
     v.add_argument("--verify-max-images", type=positive_int, default=DEFAULT_MAX_IMAGES)
-    v.add_argument("--atol-logits", type=float, default=tol.logits_atol)
-    v.add_argument("--atol-boxes", type=float, default=tol.boxes_atol)
-    v.add_argument("--atol-masks", type=float, default=tol.masks_atol)
-    v.add_argument("--rtol", type=float, default=tol.rtol, help="added tolerance relative to the output's max |value|")
-    v.add_argument("--min-pixel-agreement", type=float, default=tol.min_pixel_agreement)
-    v.add_argument("--report", metavar="FILE.json", help="write the verification report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.add_argument("--atol-logits", type=non_negative_float, default=tol.logits_atol)
+    v.add_argument("--atol-boxes", type=non_negative_float, default=tol.boxes_atol)
+    v.add_argument("--atol-masks", type=non_negative_float, default=tol.masks_atol)
+    v.add_argument("--rtol", type=non_negative_float, default=tol.rtol,
+                   help="added tolerance relative to the output's max |value|")
+    v.add_argument("--min-pixel-agreement", type=probability, default=tol.min_pixel_agreement)
+    v.add_argument("--json", metavar="FILE.json", help="also write the verification report here as JSON")
+    add_deprecated(v, "--report", "--json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_deprecated(p, "--quiet", "--no-progress", action="store_true")
     return p
 
 
@@ -115,14 +121,14 @@ def run(args: argparse.Namespace) -> int:
     policy = ShapePolicy(batch=args.batch, height=height, width=width)
     tolerances = Tolerances(args.atol_logits, args.atol_boxes, args.atol_masks, args.rtol, args.min_pixel_agreement)
     output = args.output or default_output_path(args.checkpoint)
-    if args.report and not str(args.report).endswith(".json"):
-        raise PansegError(f"{args.report}: the report name must end in .json")
+    if args.json and not str(args.json).endswith(".json"):
+        raise PansegError(f"{args.json}: the report name must end in .json")
     with verification_images(args) as (images, note):
         result = export_checkpoint(
             args.checkpoint, output, categories_file=args.categories, policy=policy, opset=args.opset,
             simplify=not args.no_simplify, run_verification=not args.no_verify, verify_images=images,
             verify_sizes=args.verify_sizes, verify_max_images=args.verify_max_images, tolerances=tolerances,
-            threshold=args.threshold, progress=not args.quiet, full=args.full)
+            threshold=args.threshold, progress=not args.no_progress, full=args.full)
     config = result.loaded.config
     kind = "panoptic" if config.masks else "detection-only"
     print(f"{result.loaded.path}: {kind} {config.backbone} model, {config.num_queries} queries, "
@@ -133,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"(verified in {result.verify_seconds:.1f} s)")
         if note:
             print(f"({note})")
-        if args.report:
-            atomic_write_json(args.report, result.report.to_json(), indent=1)
+        if args.json:
+            atomic_write_json(args.json, result.report.to_json(), indent=1)
     if not result.passed:
         kept = f"{result.path}" + (f" + {result.mask_path}" if result.mask_path else "")
         print(f"{PROG}: {verdict_line(result.report)}; model kept as {kept} for inspection", file=sys.stderr)

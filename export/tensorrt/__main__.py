@@ -17,11 +17,12 @@ from pathlib import Path
 
 from export.tensorrt import BuildOptions, EnginePlan, build_engine_file, plan_engine
 from export.tensorrt.build import MAX_OPTIMIZATION_LEVEL, MiB, format_command
-from export.tensorrt.profile import parse_bhw
-from runtime.subcommands import report_errors
+from export.tensorrt.profile import MIN_SIDE
+from runtime.subcommands import ArgumentParser, add_deprecated, bhw_type, report_errors
 from runtime.trt_sidecar import format_shape
 
 PROG = "python -m export.tensorrt"
+input_bhw = bhw_type(MIN_SIDE)  # the shape flags: the shared BxHxW parser, at least one backbone stride a side
 
 
 def _gib(text: str) -> int:
@@ -46,14 +47,14 @@ def _level(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("onnx", help="model exported by python -m export.onnx (FP32, or FP16/INT8 made beforehand)")
     p.add_argument("-o", "--output", help="engine file, .plan or .engine (default: the ONNX name with .plan)")
     shapes = p.add_argument_group("optimization profile (batch x height x width; images and padding_mask alike; "
                                   "default: from the model's resize policy)")
-    shapes.add_argument("--min-shape", type=parse_bhw, metavar="BxHxW", help="smallest input, e.g. 1x800x800")
-    shapes.add_argument("--opt-shape", type=parse_bhw, metavar="BxHxW", help="shape to tune for, e.g. 1x800x1066")
-    shapes.add_argument("--max-shape", type=parse_bhw, metavar="BxHxW", help="largest input, e.g. 4x1333x1333")
+    shapes.add_argument("--min-shape", type=input_bhw, metavar="BxHxW", help="smallest input, e.g. 1x800x800")
+    shapes.add_argument("--opt-shape", type=input_bhw, metavar="BxHxW", help="shape to tune for, e.g. 1x800x1066")
+    shapes.add_argument("--max-shape", type=input_bhw, metavar="BxHxW", help="largest input, e.g. 4x1333x1333")
     b = p.add_argument_group("builder")
     b.add_argument("--workspace", type=_gib, metavar="GiB", help="workspace memory pool limit (trtexec --memPoolSize; "
                    "default: TensorRT's, the GPU's memory)")
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     p.add_argument("--dry-run", action="store_true",
                    help="check the model and flags, print the profile and the trtexec command, build nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_deprecated(p, "--quiet", "--no-progress", action="store_true")
     return p
 
 
@@ -116,13 +118,13 @@ def run(args: argparse.Namespace) -> int:
     print(describe(plan), flush=True)
     if args.dry_run:
         return 0
-    info = build_engine_file(plan, progress=not args.quiet)
+    info = build_engine_file(plan, progress=not args.no_progress)
     size = plan.output.stat().st_size / MiB
     print(f"wrote {plan.output} ({size:.1f} MiB; TensorRT {info.tensorrt_version}, {info.gpu.describe()}, "
           f"built in {info.builder.get('build_seconds', 0):.0f} s) and {plan.sidecar}")
     if plan.mask is not None:
         print(f"wrote {plan.mask.output} ({plan.mask.output.stat().st_size / MiB:.1f} MiB) and {plan.mask.sidecar}; "
-              f"run the pair with panseg-rt infer --engine {plan.output}")
+              f"run the pair with panseg-rt infer {plan.output} IMAGES -o DIR")
     return 0
 
 

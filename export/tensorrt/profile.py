@@ -9,8 +9,6 @@ runtime/backends/tensorrt_profiles.py (ONNX Runtime's TensorRT provider uses the
 
 from __future__ import annotations
 
-import argparse
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,21 +27,7 @@ from runtime.backends.tensorrt_profiles import (  # noqa: F401 - the profile's n
 from runtime.errors import PansegError
 from runtime.trt_sidecar import TensorProfile, format_shape
 
-MIN_SIDE = 32  # below one backbone stride the model has nothing to compute on
-
-
-def parse_bhw(text: str) -> BHW:
-    """argparse type for ``--min-shape 1x800x800``: batch x height x width, each a positive integer."""
-    parts = re.split(r"\s*[xX]\s*", text.strip())
-    if not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise argparse.ArgumentTypeError(f"expected BxHxW (batch x height x width, e.g. 1x800x1333), got {text!r}")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected 3 numbers BxHxW (batch x height x width, e.g. 1x800x1333), got "
-                                         f"{len(parts)} in {text!r}; the image and mask shapes follow from them")
-    batch, height, width = (int(p) for p in parts)
-    if batch < 1 or height < MIN_SIDE or width < MIN_SIDE:
-        raise argparse.ArgumentTypeError(f"batch must be at least 1 and height/width at least {MIN_SIDE}, got {text!r}")
-    return batch, height, width
+MIN_SIDE = 32  # below one backbone stride the model has nothing to compute on (the shape flags' lower bound)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int | str | None, ...]]]:

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-folder", required=True, help="folder of ground-truth panoptic PNGs")
     parser.add_argument("--pred-json", required=True, help="predicted COCO panoptic JSON")
     parser.add_argument("--pred-folder", required=True, help="folder of predicted panoptic PNGs")
-    parser.add_argument("--json", metavar="OUT", help="also write the results here as JSON (atomically)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results here as JSON (atomically)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"processes to use (default: every CPU, here {default_workers()})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -13,10 +13,11 @@ from runtime.infer import infer
 from runtime.inputs import Failure
 from runtime.outputs import FAILURES_FILE
 from runtime.pipeline import InferOptions
-from runtime.subcommands import positive_int
+from runtime.subcommands import add_deprecated, positive_int, probability
 
 PROG = "panseg-rt infer"
 EXIF_CHOICES = ("auto", "apply", "ignore")
+MORE_POSITIONALS = "inputs"  # INPUT... may also follow the options: infer MODEL -o DIR *.jpg (runtime/subcommands.py)
 
 
 def _max_size(text: str) -> int | str | None:
@@ -26,17 +27,21 @@ def _max_size(text: str) -> int | str | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", required=True, metavar="MODEL",
+    parser.usage = "%(prog)s MODEL INPUT... -o DIR [options]"
+    parser.add_argument("model", nargs="?", metavar="MODEL",
                         help="exported model: .onnx (ONNX Runtime) or .plan/.engine (TensorRT, metadata in MODEL.json)")
-    parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image files (any extension), folders (their image files) or glob patterns (quote them; "
                              "** recurses)")
-    parser.add_argument("--output", required=True, metavar="DIR",
+    add_deprecated(parser, "--engine", "MODEL (the first argument)", dest="legacy_model")
+    add_deprecated(parser, "--input", "INPUT... (the arguments after MODEL)", action="extend", nargs="+",
+                   dest="legacy_inputs")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="writes DIR/panoptic/<stem>.png, DIR/predictions.json (COCO panoptic results, readable "
                              "by panseg-rt eval and panopticapi), DIR/records/, DIR/timings.json")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=probability, default=None,
                         help="keep queries whose class probability exceeds this (default: the model's, usually 0.85)")
-    parser.add_argument("--nms-iou", type=float, default=None, metavar="IOU",
+    parser.add_argument("--nms-iou", type=probability, default=None, metavar="IOU",
                         help="box NMS before the mask merge: drop a thing query whose box overlaps a higher-scoring "
                              "one of the same category by IoU above this (off by default, as in detr; helps briefly "
                              "trained models that predict an object twice; also skips the duplicates' masks)")
@@ -71,6 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
 
 
+def finish_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fold the deprecated ``--engine MODEL --input PATH...`` into the positional ``MODEL INPUT...``."""
+    if args.legacy_model is not None:
+        args.inputs = ([args.model] if args.model is not None else []) + args.inputs
+        args.model = args.legacy_model
+    args.inputs = args.inputs + (args.legacy_inputs or [])
+    if args.model is None or not args.inputs:
+        parser.error("the following arguments are required: MODEL INPUT...")
+
+
 def _backend_options(args: argparse.Namespace) -> dict:
     return backend_options_with_threads(args, PROG)
 
@@ -86,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, prefetch=args.prefetch, nms_iou=args.nms_iou)
     if args.max_size != "model":
         options.max_size = args.max_size
-    report = infer(args.engine, args.input, args.output, options, coco_json=args.coco_json, backend=args.backend,
+    report = infer(args.model, args.inputs, args.output, options, coco_json=args.coco_json, backend=args.backend,
                    backend_options=_backend_options(args), on_failure=_report_failure)
     print(f"{PROG}: {report.summary_line()}")
     print(report.written_line())

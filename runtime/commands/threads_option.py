@@ -16,12 +16,10 @@ from runtime.errors import PansegError
 
 def backend_options_with_threads(args: argparse.Namespace, prog: str) -> dict[str, Any]:
     """``add_backend_arguments``' options plus ``--threads`` as ONNX Runtime's intra-op threads."""
-    options = backend_options_from_args(args.engine, args)
+    options = backend_options_from_args(args.model, args)
     if args.threads is None:
         return options
-    if args.threads < 1:
-        raise PansegError(f"--threads must be a positive integer, got {args.threads}")
-    if backend_name_for(args.engine, args.backend) != "onnxruntime":
+    if backend_name_for(args.model, args.backend) != "onnxruntime":
         print(f"{prog}: warning: --threads applies to ONNX Runtime only; ignored for TensorRT", file=sys.stderr)
         return options
     if args.intra_op_threads is not None and args.intra_op_threads != args.threads:

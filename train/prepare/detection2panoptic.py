@@ -36,7 +36,7 @@ from runtime.atomic import atomic_write_json
 from runtime.categories import Category, categories_from_json, categories_to_json, load_categories
 from runtime.errors import PansegError
 from runtime.panoptic_format import rgb2id, write_panoptic_png
-from runtime.subcommands import non_negative_int, positive_int
+from runtime.subcommands import add_deprecated, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,8 @@ def convert_detection_to_panoptic(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-json", required=True, help="COCO detection JSON (instances)")
-    parser.add_argument("--output-json", required=True, help="COCO panoptic JSON to write")
+    parser.add_argument("-o", "--output", required=True, metavar="PANOPTIC_JSON", help="COCO panoptic JSON to write")
+    add_deprecated(parser, "--output-json", "-o/--output")
     parser.add_argument("--segmentations-folder", default=None,
                         help="folder for the panoptic PNGs (default: the output JSON's path without .json)")
     parser.add_argument("--categories-json", required=True,
@@ -407,11 +408,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     folder = args.segmentations_folder
     if folder is None:
-        folder = str(Path(args.output_json).with_suffix(""))
+        folder = str(Path(args.output).with_suffix(""))
     panoptic = convert_detection_to_panoptic(
-        args.input_json, args.output_json, folder, args.categories_json, seed=args.seed, workers=args.workers
+        args.input_json, args.output, folder, args.categories_json, seed=args.seed, workers=args.workers
     )
     n_segments = sum(len(a["segments_info"]) for a in panoptic["annotations"])
     shown = f"{Path(folder)}{os.sep}"  # one separator whether or not the argument ended with one
-    print(f"wrote {len(panoptic['annotations'])} images, {n_segments} segments: {args.output_json}, {shown}")
+    print(f"wrote {len(panoptic['annotations'])} images, {n_segments} segments: {args.output}, {shown}")
     return 0

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from runtime.atomic import atomic_write_json, atomic_write_with
 from runtime.categories import Category, categories_to_json
 from runtime.errors import PansegError
+from runtime.subcommands import add_deprecated, int_in_range, positive_int
 
 SPLITS = ("train", "val")
 JPEG_QUALITY = 95  # 4:4:4 chroma and high quality keep colours true up to the mask edge
@@ -600,29 +601,29 @@ def render_samples(dataset: str | os.PathLike, out_png: str | os.PathLike, split
 # Command line
 
 
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 32, 4096  # --size: one backbone stride at least; a sane upper bound
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="dataset folder (detr's COCO layout; reused files are replaced)")
-    parser.add_argument("--train", type=int, default=2000, help="training images (default: 2000)")
-    parser.add_argument("--val", type=int, default=100, help="validation images (default: 100)")
-    parser.add_argument("--size", type=int, default=128, help="shorter image side in pixels (default: 128)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="dataset folder (detr's COCO layout; reused files are replaced)")
+    add_deprecated(parser, "--out", "-o/--output")
+    parser.add_argument("--train", type=positive_int, default=2000, help="training images (default: 2000)")
+    parser.add_argument("--val", type=positive_int, default=100, help="validation images (default: 100)")
+    parser.add_argument("--size", type=int_in_range(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE), default=128,
+                        help="shorter image side in pixels (default: 128)")
+    parser.add_argument("--seed", type=int_in_range(0, 2**63 - 1), default=0, help="same seed, same bytes (default: 0)")
     parser.add_argument("--hard", action="store_true",
                         help="classes differ only by shape; more, smaller, overlapping objects; crowds and VOID")
     parser.add_argument("--preview", metavar="PNG", help="also draw the first 8 val images and their segmentations")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.train < 1 or args.val < 1:
-        raise PansegError(f"--train and --val must be at least 1, got {args.train} and {args.val}")
-    if not 32 <= args.size <= 4096:
-        raise PansegError(f"--size must be between 32 and 4096 pixels, got {args.size}")
-    if not 0 <= args.seed < 2**63:
-        raise PansegError(f"--seed must be a non-negative integer, got {args.seed}")
     try:
-        generate_dataset(args.out, args.train, args.val, args.size, args.seed, args.hard)
+        generate_dataset(args.output, args.train, args.val, args.size, args.seed, args.hard)
         if args.preview:
-            render_samples(args.out, args.preview, "val", count=8)
+            render_samples(args.output, args.preview, "val", count=8)
     except OSError as exc:  # disk full, permissions...: one line naming the file, as for any other bad input
-        raise PansegError(f"{exc.filename or args.out}: {exc.strerror or exc}") from exc
-    print(f"{args.out}: {args.train} train and {args.val} val images with COCO detection and panoptic annotations")
+        raise PansegError(f"{exc.filename or args.output}: {exc.strerror or exc}") from exc
+    print(f"{args.output}: {args.train} train and {args.val} val images with COCO detection and panoptic annotations")
     return 0

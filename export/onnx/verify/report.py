@@ -1,6 +1,6 @@
 """The verification report: what was checked and compared, as dataclasses, JSON and the printed table.
 
-The field names are the report's public format (``--report FILE.json``, docs/demo/export_report.json); the tests
+The field names are the report's public format (``--json FILE.json``, docs/demo/export_report.json); the tests
 and the demo summary read them.
 """
 
