@@ -60,7 +60,7 @@ def pixel(page: Image.Image, row: int, column: int, dx: int, dy: int) -> tuple[i
 
 def test_pages_hold_the_right_images_in_rows_of_three(tmp_path, capsys):
     out = infer_folder(tmp_path, 5)
-    assert runtime_main(["sheet", str(out), "-o", str(tmp_path / "sheets"), "--rows", "2", "--cell", "40x30"]) == 0
+    assert runtime_main(["sheet", str(out), "-o", str(tmp_path / "sheets"), "--rows", "2", "--cell", "30x40"]) == 0
     pages = sorted((tmp_path / "sheets").glob("*.png"))
     assert [p.name for p in pages] == ["sheet_001.png", "sheet_002.png", "sheet_003.png"]
     assert capsys.readouterr().out == f"wrote 3 pages: {pages[0]} ... sheet_003.png\n"
@@ -88,8 +88,9 @@ def test_bad_folders_give_one_line(tmp_path, capsys):
     (tmp_path / "images" / "img0.png").unlink()
     assert runtime_main(["sheet", str(out), "-o", str(tmp_path / "s")]) == 1
     assert capsys.readouterr().err == f"panseg-rt sheet: error: {tmp_path / 'images' / 'img0.png'}: no such file\n"
-    assert runtime_main(["sheet", str(out), "-o", str(tmp_path / "s"), "--cell", "40"]) == 1
-    assert "--cell '40': expected WIDTHxHEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # a malformed shape is a usage error, as everywhere (HxW)
+        runtime_main(["sheet", str(out), "-o", str(tmp_path / "s"), "--cell", "40"])
+    assert exited.value.code == 2 and "HxW" in capsys.readouterr().err
 
 
 def test_a_png_of_another_size_is_named(tmp_path):

@@ -41,14 +41,14 @@ RELEASE_URL = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
 # The README section's commands, word for word.
 README_COMMANDS = f"""
 python -c "import json; stuff = {{187, 199}}; cats = json.load(open('data/mycoco/annotations/instances_train2017.json'))['categories']; json.dump([{{**c, 'isthing': int(c['id'] not in stuff)}} for c in cats], open('data/mycoco/categories.json', 'w'))"
-python -m train.prepare detection2panoptic --input-json data/mycoco/annotations/instances_train2017.json --output-json data/mycoco/annotations/panoptic_train2017.json --segmentations-folder data/mycoco/panoptic_train2017 --categories-json data/mycoco/categories.json
-python -m train.prepare detection2panoptic --input-json data/mycoco/annotations/instances_val2017.json --output-json data/mycoco/annotations/panoptic_val2017.json --segmentations-folder data/mycoco/panoptic_val2017 --categories-json data/mycoco/categories.json
-panseg-rt validate --json data/mycoco/annotations/panoptic_train2017.json --folder data/mycoco/panoptic_train2017
-panseg-rt validate --json data/mycoco/annotations/panoptic_val2017.json --folder data/mycoco/panoptic_val2017
+python -m train.prepare detection2panoptic --input-json data/mycoco/annotations/instances_train2017.json -o data/mycoco/annotations/panoptic_train2017.json --segmentations-folder data/mycoco/panoptic_train2017 --categories-json data/mycoco/categories.json
+python -m train.prepare detection2panoptic --input-json data/mycoco/annotations/instances_val2017.json -o data/mycoco/annotations/panoptic_val2017.json --segmentations-folder data/mycoco/panoptic_val2017 --categories-json data/mycoco/categories.json
+panseg-rt validate data/mycoco/annotations/panoptic_train2017.json data/mycoco/panoptic_train2017
+panseg-rt validate data/mycoco/annotations/panoptic_val2017.json data/mycoco/panoptic_val2017
 python -m train --coco_path data/mycoco --pretrained {RELEASE_URL} --output_dir runs/mycoco_stage1 --epochs 50 --lr_drop 40
 python -m train --coco_path data/mycoco --masks --frozen_weights runs/mycoco_stage1/checkpoint.pth --output_dir runs/mycoco_stage2 --epochs 20 --lr_drop 15
 python -m export.onnx runs/mycoco_stage2/checkpoint.pth -o runs/mycoco.onnx --verify-images data/mycoco/val2017
-panseg-rt infer --engine runs/mycoco.onnx --input data/mycoco/val2017 --output runs/mycoco_val --coco-json data/mycoco/annotations/panoptic_val2017.json --overlay
+panseg-rt infer runs/mycoco.onnx data/mycoco/val2017 -o runs/mycoco_val --coco-json data/mycoco/annotations/panoptic_val2017.json --overlay
 panseg-rt eval --gt-json data/mycoco/annotations/panoptic_val2017.json --gt-folder data/mycoco/panoptic_val2017 --pred-json runs/mycoco_val/predictions.json --pred-folder runs/mycoco_val/panoptic
 panseg-rt sheet runs/mycoco_val -o runs/mycoco_sheets
 """  # noqa: E501
@@ -66,7 +66,7 @@ def command_extras(words: list[str]) -> list[str]:
         epochs = ["--epochs", "2" if stage2 else "3", "--lr_drop", "100", "--lr", "1e-3" if stage2 else "2e-4"]
         return [*TINY_TRAIN_FLAGS, *epochs, "--max_iters", "4", "--eval_every", "1" if stage2 else "0"]
     if words[:3] == ["python", "-m", "export.onnx"]:
-        return ["--verify-sizes", "64", "--verify-max-images", "1", "--quiet", "--no-simplify"]
+        return ["--verify-sizes", "64", "--verify-max-images", "1", "--no-progress", "--no-simplify"]
     if words[:2] == ["panseg-rt", "infer"]:
         return ["--no-progress", "--threshold", "0.05"]
     if words[:2] == ["panseg-rt", "eval"]:

@@ -27,7 +27,8 @@ from benchmarks.demo.stages import (
 from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
 from runtime.errors import PansegError
 from runtime.subcommands import ArgumentParser, add_deprecated, report_errors
-from train.recipes import RECIPES
+from runtime.timefmt import format_duration
+from train.recipes import RECIPES, machine
 
 PROG = "python -m benchmarks.demo"
 NMS_IOU = "0.5"  # the demo's extra run with panseg-rt infer --nms-iou (a common NMS IoU; not tuned on the val set)
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     elif out.exists() and not out.is_dir():
         raise PansegError(f"{out}: -o/--output must be a folder")
     (out / STAMP_FOLDER).mkdir(parents=True, exist_ok=True)  # marks the folder as the demo's (see --fresh)
+    cpu = machine()
+    print(f"CPU: {cpu['cpu']}; {cpu['note']} (recipe {'quick' if args.quick else 'demo'}, "
+          f"training in {cpu['training_precision']})", flush=True)
     stages = plan(out, size)
     total = len(stages) + 1
     results: list[StageResult] = []
@@ -136,10 +140,10 @@ def run(args: argparse.Namespace) -> int:
         result = reuse_or_run(stage, out)
         results.append(result)
         if result.status == "ran":
-            print(f"[{k}/{total}] {stage.name}: done in {result.seconds:.1f} s", flush=True)
+            print(f"[{k}/{total}] {stage.name}: done in {format_duration(result.seconds)}", flush=True)
     print(f"\n[{total}/{total}] summary (elapsed {_clock(time.perf_counter() - started)})", flush=True)
     summary = build_summary(out, size, results, time.perf_counter() - started, bench_ran=not args.skip_bench,
-                            nms_iou=float(NMS_IOU))
+                            nms_iou=float(NMS_IOU), machine=cpu)
     md, js = write_summary(summary, out)
     pq = summary["pq"]
     print("PQ " + ", ".join(f"{g} {100 * pq[g]['pq']:.1f}" for g in pq) + f" (export {summary['export']['verdict']})")

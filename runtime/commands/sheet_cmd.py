@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from runtime.contact_sheet import DEFAULT_CELL, DEFAULT_ROWS, write_contact_sheets
-from runtime.errors import PansegError
-from runtime.subcommands import positive_int
-
-_CELL = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+from runtime.subcommands import hw_type, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the pages: OUT/sheet_001.png, sheet_002.png, ...")
     parser.add_argument("--rows", type=positive_int, default=DEFAULT_ROWS, metavar="N",
                         help=f"images per page (default {DEFAULT_ROWS})")
-    parser.add_argument("--cell", default="{}x{}".format(*DEFAULT_CELL), metavar="WxH",
-                        help="box for each picture in pixels, aspect ratio kept (default %(default)s)")
+    width, height = DEFAULT_CELL
+    parser.add_argument("--cell", type=hw_type(), default=(height, width), metavar="HxW",
+                        help=f"box for each picture in pixels, height x width, aspect ratio kept "
+                             f"(default {height}x{width})")
 
 
 def run(args: argparse.Namespace) -> int:
-    match = _CELL.match(args.cell)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise PansegError(f"--cell {args.cell!r}: expected WIDTHxHEIGHT in pixels, e.g. 480x360")
-    pages = write_contact_sheets(args.folder, args.output, args.rows, (int(match[1]), int(match[2])))
+    height, width = args.cell
+    pages = write_contact_sheets(args.folder, args.output, args.rows, (width, height))
     print(f"wrote {len(pages)} page{'s' if len(pages) != 1 else ''}: {pages[0]}" +
           (f" ... {pages[-1].name}" if len(pages) > 1 else ""))
     return 0
