@@ -2,7 +2,7 @@
 
 Where the server comes from: the ``nvidia-pytriton`` wheel on PyPI bundles ``tritonserver`` (2.51 in 0.7.0), its
 libraries and the Python backend with a stub per Python version. Only the server is used: the wheel is unpacked
-(never pip-installed: its Python package pins numpy<2) into ``<panseg cache>/triton/``, next to
+(never pip-installed: its Python package pins numpy<2) into a root folder (below), next to
 
 - ``backends/python/``: the Python backend plus the Python 3.11 stub (Triton looks for the stub there);
 - ``env-py311/``: the models' execution environment. The 3.11 stub links Debian's libpython3.11, so the venv must be
@@ -10,24 +10,27 @@ libraries and the Python backend with a stub per Python version. Only the server
   so it gets numpy<2, and the Pillow and ONNX Runtime versions of the running process, so that decoding and the
   engine give the same bytes as ``panseg-rt infer``.
 
-Every step is skipped when its result is already there (a stamp file records what the environment was made with).
-The server listens on loopback only, on free ports unless given.
+The root folder is ``$PANSEG_TRITON_DIR`` if set (``make setup`` puts it in the project's venv), else
+``<panseg cache>/triton``. Every step is skipped when its result is already there (a stamp file records what the
+environment was made with). The server listens on loopback only, on free ports unless given.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,7 @@ SERVER_MEMBERS = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")
 STUB_NAME = "triton_python_backend_stub"
 ENV_STAMP = ".panseg-env"
 LOOPBACK = "127.0.0.1"
+TRITON_DIR_ENV = "PANSEG_TRITON_DIR"  # where the server and its environment live (default: <panseg cache>/triton)
 
 
 def execution_requirements() -> list[str]:
@@ -87,9 +91,11 @@ class TritonInstall:
         return stamp.is_file() and stamp.read_text().split("\n") == execution_requirements()
 
 
-def default_install() -> TritonInstall:
-    """``<panseg cache>/triton`` ($PANSEG_CACHE_DIR, else ~/.cache/panseg)."""
-    return TritonInstall(cache_root() / "triton")
+def default_install(environ: Mapping[str, str] = os.environ) -> TritonInstall:
+    """``$PANSEG_TRITON_DIR``, else ``<panseg cache>/triton`` ($PANSEG_CACHE_DIR, else ~/.cache/panseg)."""
+    if environ.get(TRITON_DIR_ENV):
+        return TritonInstall(Path(environ[TRITON_DIR_ENV]).expanduser().resolve())
+    return TritonInstall(cache_root(environ) / "triton")
 
 
 def _run(command: Sequence[str], what: str) -> None:
@@ -177,13 +183,53 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` started by any of its threads (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in path.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(command name, state letter) of a process from /proc/<pid>/stat, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1:text.rindex(")")]
+    return name, text[text.rindex(")") + 2:].split()[0]
+
+
+def stub_processes(server_pid: int) -> dict[int, bool]:
+    """The server's Python-backend stubs: pid -> alive (a killed stub stays a zombie child until the server ends)."""
+    stubs = {}
+    for pid in _children(server_pid):
+        state = _process_state(pid)
+        if state is not None and STUB_NAME.startswith(state[0]):  # the kernel keeps 15 characters of the name
+            stubs[pid] = state[1] not in ("Z", "X")
+    return stubs
+
+
 class TritonServer:
     """A tritonserver process on ``repository``, on loopback: ``start`` waits until it is ready, ``stop`` ends it.
-    Its log goes to ``log_path`` (default: ``server.log`` beside nothing else: in the install's root)."""
+    Its log goes to ``log_path`` (default: ``server-<http port>.log`` in the install's root folder).
+
+    Why a watchdog: when a model's stub process dies (killed, out of memory), Triton 2.51 keeps reporting itself and
+    the model ready but answers every request with "Stub process ... is not healthy" and never restarts it. The
+    server is therefore started with explicit model control (all models loaded at start) and, with ``watchdog``, a
+    thread notices a dead stub within ``WATCH_INTERVAL`` and reloads the repository's models (unload + load starts
+    new stubs); ``restarts`` counts how often."""
+
+    WATCH_INTERVAL = 0.5
 
     def __init__(self, repository: str | os.PathLike, install: TritonInstall | None = None,
                  http_port: int | None = None, grpc_port: int | None = None, metrics_port: int | None = None,
-                 log_path: str | os.PathLike | None = None, extra_args: Sequence[str] = ()) -> None:
+                 log_path: str | os.PathLike | None = None, extra_args: Sequence[str] = (),
+                 watchdog: bool = True) -> None:
         self.repository = Path(repository).resolve()
         if not (self.repository.is_dir()):
             raise PansegError(f"{repository}: no such model repository folder")
@@ -195,6 +241,10 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else self.install.root / f"server-{self.http_port}.log"
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+        self.watchdog = watchdog
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -204,7 +254,8 @@ class TritonServer:
         return [str(self.install.binary), "--model-repository", str(self.repository),
                 "--backend-directory", str(self.install.backends), "--http-address", LOOPBACK,
                 "--grpc-address", LOOPBACK, "--metrics-address", LOOPBACK, "--http-port", str(self.http_port),
-                "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *self.extra_args]
+                "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+                "--model-control-mode", "explicit", "--load-model", "*", *self.extra_args]
 
     def environment(self) -> dict[str, str]:
         """The server's environment: its bundled libraries first on the library path (the stub copied into the
@@ -227,6 +278,10 @@ class TritonServer:
                 raise PansegError(f"tritonserver exited with code {self.process.returncode} before it was ready "
                                   f"({self._log_tail()})")
             if self.ready():
+                if self.watchdog:
+                    self._stopping.clear()
+                    self._watcher = threading.Thread(target=self._watch, name="triton-watchdog", daemon=True)
+                    self._watcher.start()
                 return self
             time.sleep(0.25)
         self.stop()
@@ -239,6 +294,36 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _post(self, path: str, timeout: float = 120.0) -> bytes:
+        request = urllib.request.Request(f"http://{self.url}{path}", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.read()
+
+    def reload_models(self) -> list[str]:
+        """Unload and load every model the repository index lists as ready (new instances, new stubs)."""
+        index = json.loads(self._post("/v2/repository/index"))
+        names = [m["name"] for m in index if m.get("state") == "READY"]
+        for name in names:
+            self._post(f"/v2/repository/models/{name}/unload")
+        for name in names:
+            self._post(f"/v2/repository/models/{name}/load")
+        return names
+
+    def _watch(self) -> None:
+        """Reload the models when a stub that was alive is found dead (see the class docstring)."""
+        assert self.process is not None
+        known_alive: set[int] = set()
+        while not self._stopping.wait(self.WATCH_INTERVAL) and self.process.poll() is None:
+            stubs = stub_processes(self.process.pid)
+            if any(not stubs.get(pid, False) for pid in known_alive):
+                try:
+                    self.reload_models()
+                    self.restarts += 1
+                except (urllib.error.URLError, OSError, ValueError):
+                    continue  # the server is going down, or busy: try again at the next look
+                stubs = stub_processes(self.process.pid)
+            known_alive = {pid for pid, alive in stubs.items() if alive}
+
     def _log_tail(self) -> str:
         try:
             lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
@@ -248,6 +333,10 @@ class TritonServer:
         return f"{self.log_path}: " + " | ".join((errors or lines)[-3:])
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
