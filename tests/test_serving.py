@@ -311,3 +311,13 @@ def test_killed_stub_fails_inflight_requests_then_the_model_is_reloaded(reposito
 def test_requests_outside_the_repository_answer_with_errors(client):
     with pytest.raises(Exception, match="unknown model"):  # noqa: B017
         client.client.infer("not_a_model", request_inputs(b"x"))
+
+
+def test_serve_command_names_a_missing_execution_environment_before_installing(model, work, capsys):
+    settings = ServingSettings(config=ModelConfig(execution_env=str(work / "no-such-env")))
+    repository = write_repository(model, work / "repository-elsewhere", settings).repository
+    assert runtime_main(["serve", str(repository)]) == 1
+    err = capsys.readouterr().err
+    assert f"EXECUTION_ENV_PATH {work / 'no-such-env'} does not exist" in err
+    assert runtime_main(["serve", str(work)]) == 1
+    assert f"{work}: not a panseg model repository" in capsys.readouterr().err

@@ -38,14 +38,15 @@ def check_execution_env(repository: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repository is None and not args.install_only:
+        raise PansegError("give a model repository (or --install-only)")
+    repository = Path(args.repository) if args.repository is not None else None
+    if repository is not None:
+        check_execution_env(repository)  # before installing anything
     install = ensure_installed(default_install(), args.wheel)
-    if args.install_only:
+    if repository is None:
         print(f"{PROG}: tritonserver in {install.server_dir}, execution environment {install.execution_env}")
         return 0
-    if args.repository is None:
-        raise PansegError("give a model repository (or --install-only)")
-    repository = Path(args.repository)
-    check_execution_env(repository)
     server = TritonServer(repository, install, args.http_port, args.grpc_port, args.metrics_port)
     try:
         server.start()
