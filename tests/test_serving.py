@@ -274,6 +274,10 @@ def test_bad_payload_gets_its_own_error_and_the_next_request_succeeds(case, clie
     assert (answer.png, answer.segments_info) == _reference_answers(reference, images[:1])[good]
 
 
+KILLED_STUB = "Stub process 'panseg_0_0' is not healthy"
+RELOADING = "Request for unknown model: 'panseg' has no available versions"
+
+
 @pytest.mark.serving
 def test_killed_stub_fails_inflight_requests_then_the_model_is_reloaded(repository, install, images, reference,
                                                                         work):
@@ -296,7 +300,11 @@ def test_killed_stub_fails_inflight_requests_then_the_model_is_reloaded(reposito
         thread.join()
         failed = [a for a in answers if isinstance(a, str)]
         assert failed, "the killed stub's in-flight requests must fail"
-        assert all("Stub process 'panseg_0_0' is not healthy" in a for a in failed), set(failed)
+        # What the client sees: the dead stub's own error, or, for requests that arrive while the watchdog reloads
+        # the model (a slow machine), that the model is briefly unavailable. Nothing else, and never a wrong answer.
+        assert all(KILLED_STUB in a or RELOADING in a for a in failed), set(failed)
+        assert any(KILLED_STUB in a for a in failed)
+        assert all((a.png, a.segments_info) == expected for a in answers if not isinstance(a, str))
         deadline = time.monotonic() + 60
         while server.restarts == 0 and time.monotonic() < deadline:
             time.sleep(0.2)

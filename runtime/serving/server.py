@@ -44,6 +44,7 @@ SERVER_MEMBERS = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")
 STUB_NAME = "triton_python_backend_stub"
 ENV_STAMP = ".panseg-env"
 LOOPBACK = "127.0.0.1"
+SHARED_MEMORY = Path("/dev/shm")
 TRITON_DIR_ENV = "PANSEG_TRITON_DIR"  # where the server and its environment live (default: <panseg cache>/triton)
 
 
@@ -241,6 +242,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else self.install.root / f"server-{self.http_port}.log"
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+        self.shm_prefix = f"panseg_triton_{os.getpid()}_{self.http_port}_"  # this server's Python-backend regions
         self.watchdog = watchdog
         self.restarts = 0
         self._stopping = threading.Event()
@@ -255,7 +257,8 @@ class TritonServer:
                 "--backend-directory", str(self.install.backends), "--http-address", LOOPBACK,
                 "--grpc-address", LOOPBACK, "--metrics-address", LOOPBACK, "--http-port", str(self.http_port),
                 "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
-                "--model-control-mode", "explicit", "--load-model", "*", *self.extra_args]
+                "--model-control-mode", "explicit", "--load-model", "*",
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}", *self.extra_args]
 
     def environment(self) -> dict[str, str]:
         """The server's environment: its bundled libraries first on the library path (the stub copied into the
@@ -333,18 +336,32 @@ class TritonServer:
         return f"{self.log_path}: " + " | ".join((errors or lines)[-3:])
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Graceful shutdown (Triton waits up to 30 s for in-flight requests), then a kill. After a reload the model
+        instance whose stub died never finishes unloading and Triton waits out its whole timeout for it, so then
+        only a few seconds are given."""
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None
         if self.process is None or self.process.poll() is not None:
             return
+        if self.restarts:
+            timeout = min(timeout, 5.0)
         self.process.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.remove_shared_memory()
+
+    def remove_shared_memory(self) -> list[Path]:
+        """Delete this server's Python-backend regions in /dev/shm: a killed stub's region, and every region after a
+        killed server, are otherwise left there (1 MiB or more each)."""
+        leftovers = sorted(SHARED_MEMORY.glob(f"{self.shm_prefix}*"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
 
     def __enter__(self) -> TritonServer:
         return self.start()
