@@ -329,3 +329,26 @@ def test_serve_command_names_a_missing_execution_environment_before_installing(m
     assert f"EXECUTION_ENV_PATH {work / 'no-such-env'} does not exist" in err
     assert runtime_main(["serve", str(work)]) == 1
     assert f"{work}: not a panseg model repository" in capsys.readouterr().err
+
+
+@pytest.mark.serving
+def test_serve_command_serves_until_terminated_then_stops_the_server(repository, install, images, reference, work):
+    import subprocess
+
+    env = {**os.environ, TRITON_DIR_ENV: str(install.root)}
+    serve = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(repository)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = serve.stdout.readline()
+        assert "panseg-rt serve: serving" in line, line + serve.stderr.read()
+        url = line.split("http://")[1].split()[0]
+        out = work / "served_by_cli"
+        assert runtime_main(["request", url, str(images[0]), "-o", str(out)]) == 0
+        name = f"{images[0].stem}.png"
+        assert (out / PANOPTIC_DIR / name).read_bytes() == (reference / PANOPTIC_DIR / name).read_bytes()
+    finally:
+        serve.terminate()
+        code = serve.wait(60)
+    assert code == 130 and "interrupted" in serve.stderr.read()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=5)

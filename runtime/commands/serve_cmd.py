@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def check_execution_env(repository: Path) -> None:
                           "again on this machine, or pass --execution-env to python -m export.triton)")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     if args.repository is None and not args.install_only:
         raise PansegError("give a model repository (or --install-only)")
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: tritonserver in {install.server_dir}, execution environment {install.execution_env}")
         return 0
     server = TritonServer(repository, install, args.http_port, args.grpc_port, args.metrics_port)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too (it runs in its own session)
     try:
         server.start()
         print(f"{PROG}: serving {repository} at http://{server.url} (gRPC 127.0.0.1:{server.grpc_port}, metrics "
