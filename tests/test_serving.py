@@ -110,6 +110,7 @@ def _reference_answers(reference: Path, images: list[Path]) -> dict[bytes, tuple
 @pytest.fixture(scope="module")
 def install() -> TritonInstall:
     """The server install (``$PANSEG_TRITON_DIR``, else ``<venv>/triton``), made there if missing."""
+    pytest.importorskip("tritonclient.http", reason="the serving tests need tritonclient[http] (the serve extra)")
     root = Path(os.environ.get(TRITON_DIR_ENV) or Path(sys.prefix) / "triton")
     try:
         return ensure_installed(TritonInstall(root))
