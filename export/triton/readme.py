@@ -19,11 +19,11 @@ the engine files in `{MODEL_NAME}/<version>/engine/`; its answers are byte-ident
 
 ## Start the server
 
-    panseg-rt serve {repository}
+    panseg-rt serve {repository} --http-port 8000
 
-(downloads and unpacks Triton 2.51 from the `nvidia-pytriton` wheel into the panseg cache on first use, with the
-Python 3.11 execution environment named by `EXECUTION_ENV_PATH` in `{MODEL_NAME}/config.pbtxt`; it prints the HTTP
-URL). With your own tritonserver:
+(without --http-port it picks free ports; it prints the URLs. On first use it downloads and unpacks Triton 2.51
+from the `nvidia-pytriton` wheel into the panseg cache, with the Python 3.11 execution environment named by
+`EXECUTION_ENV_PATH` in `{MODEL_NAME}/config.pbtxt`.) With your own tritonserver:
 
     tritonserver --model-repository {repository} --backend-directory <folder with python/ and its 3.11 stub>
 
