@@ -1,0 +1,53 @@
+"""The README.md written into a model repository: how to start the server on it and how to ask it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.triton.config import ModelConfig
+from runtime.serving.protocol import IMAGE, MODEL_NAME, NMS_IOU, PANOPTIC_PNG, SEGMENTS_INFO, THRESHOLD
+
+
+def render_readme(repository: Path, config: ModelConfig) -> str:
+    batching = (f"dynamic batching up to {config.max_batch_size} images (queue delay {config.queue_delay_us} us)"
+                if config.dynamic_batching else f"no dynamic batching (max_batch_size {config.max_batch_size})")
+    return f"""# panseg model repository
+
+Written by `python -m export.triton`. One model, `{MODEL_NAME}` (Triton's Python backend): {config.instances}
+instance(s) of kind {config.kind.upper()}, {batching}. It runs panseg's runtime (copied into the version folder) on
+the engine files in `{MODEL_NAME}/<version>/engine/`; its answers are byte-identical to `panseg-rt infer`.
+
+## Start the server
+
+    panseg-rt serve {repository} --http-port 8000
+
+(without --http-port it picks free ports; it prints the URLs. On first use it downloads and unpacks Triton 2.51
+from the `nvidia-pytriton` wheel into the panseg cache, with the Python 3.11 execution environment named by
+`EXECUTION_ENV_PATH` in `{MODEL_NAME}/config.pbtxt`.) With your own tritonserver:
+
+    tritonserver --model-repository {repository} --backend-directory <folder with python/ and its 3.11 stub>
+
+## Ask it
+
+    panseg-rt request 127.0.0.1:8000 photo.jpg more/*.jpg -o out/
+
+writes `out/panoptic/<stem>.png` and `out/predictions.json` as `panseg-rt infer` does. With `tritonclient[http]`:
+
+```python
+import json
+import numpy as np
+import tritonclient.http as http
+
+client = http.InferenceServerClient("127.0.0.1:8000")
+image = http.InferInput("{IMAGE}", [1, 1], "BYTES")
+image.set_data_from_numpy(np.array([[open("photo.jpg", "rb").read()]], dtype=object))
+threshold = http.InferInput("{THRESHOLD}", [1, 1], "FP32")  # optional, also {NMS_IOU}
+threshold.set_data_from_numpy(np.array([[0.85]], dtype=np.float32))
+result = client.infer("{MODEL_NAME}", [image, threshold])
+png = result.as_numpy("{PANOPTIC_PNG}")[0, 0]  # bytes of the COCO panoptic PNG
+segments_info = json.loads(result.as_numpy("{SEGMENTS_INFO}")[0, 0])
+```
+
+A bad image (empty, not an image, truncated, too many pixels) or a bad setting gets an error naming the problem for
+that request only.
+"""
