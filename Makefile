@@ -31,7 +31,7 @@ $(TRITON_STAMP): $(STAMP)
 	if PANSEG_TRITON_DIR=$(TRITON_DIR) $(PY) -m runtime serve --install-only; then touch $(TRITON_STAMP); \
 	else echo "make setup: Triton server not installed; the serving tests will be skipped"; fi
 
-demo: setup
+demo: $(STAMP)
 	$(PY) -m benchmarks.demo $(ARGS)
 
 test: setup

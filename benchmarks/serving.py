@@ -1,7 +1,7 @@
 """Serving benchmark: a Triton server against in-process ``panseg-rt infer`` on the same photos, in the same run.
 
-    python -m benchmarks.serving --out benchmarks/results/serving            # demo model (random R50) at --size 320
-    python -m benchmarks.serving --model model.onnx --images DIR --out DIR [--size N] [--concurrency 1,2,4,8]
+    python -m benchmarks.serving -o benchmarks/results/serving              # demo model (random R50) at --size 320
+    python -m benchmarks.serving --model model.onnx --images DIR -o DIR [--size N] [--concurrency 1,2,4,8]
         [--requests 24] [--threads 2]
 
 What is measured: ``infer`` (the library call behind ``panseg-rt infer``, batch size 1) on the request images, then
@@ -37,6 +37,7 @@ from runtime.outputs import PANOPTIC_DIR
 from runtime.pipeline import InferOptions
 from runtime.serving.client import PansegClient
 from runtime.serving.server import TritonServer, default_install, ensure_installed
+from runtime.subcommands import positive_int
 
 BATCHING = {"dynamic batching on": True, "dynamic batching off": False}
 
@@ -53,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="exported .onnx (default: the demo's random R50, exported here)")
     parser.add_argument("--images", type=Path, help="folder of photos (default: scikit-image's four photographs)")
-    parser.add_argument("--out", type=Path, required=True, help="report folder (report.md, report.json, serving.png)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="report folder (report.md, report.json, serving.png)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the model, photos, repositories and outputs (default: a temporary one)")
-    parser.add_argument("--size", type=int, default=320, help="shorter side (default 320, a small run)")
+    parser.add_argument("--size", type=positive_int, default=320, help="shorter side (default 320, a small run)")
     parser.add_argument("--concurrency", type=_levels, default=[1, 2, 4, 8], help="client concurrency levels")
-    parser.add_argument("--requests", type=int, default=24, help="timed requests per level (default 24)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads, in-process and served")
+    parser.add_argument("--requests", type=positive_int, default=24, help="timed requests per level (default 24)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="ONNX Runtime threads, in-process and served")
     return parser
 
 
@@ -237,18 +239,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     try:
         with defaults.temporary_folder("panseg-serving-") as scratch:
             report = run(args, args.work or Path(scratch))
     except PansegError as exc:
         print(f"python -m benchmarks.serving: error: {exc}", file=sys.stderr)
         return 1
-    report = {"command": shell_line([sys.executable, "-m", "benchmarks.serving", *argv]), **report,
+    report = {"command": shell_line([sys.executable, "-m", "benchmarks.serving", *argv], python="python"), **report,
               "summary": summary(report)}
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
-    plot(report, args.out / "serving.png")
+    (args.output / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (args.output / "report.md").write_text(markdown(report))
+    plot(report, args.output / "serving.png")
     print(markdown(report))
     return 0
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, random_padded_batch
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -33,7 +33,7 @@ from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible, load_supported_operators, unsupported_nodes
 from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.categories import categories_to_json
-from runtime.contract import sidecar_path
+from runtime.contract import IMAGES, PADDING_MASK, sidecar_path
 from runtime.errors import PansegError
 from runtime.preprocess import preprocess, target_size
 from runtime.subcommands import bhw_type
@@ -1228,14 +1228,8 @@ SMALL = dict(min_bhw=(1, 64, 64), opt_bhw=(1, 64, 96), max_bhw=(2, 128, 160))
 
 
 def _fake_images(shapes, seed):
-    rng = np.random.default_rng(seed)
-    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
-    images = np.zeros((len(shapes), 3, h, w), np.float32)
-    mask = np.ones((len(shapes), h, w), bool)
-    for i, (ih, iw) in enumerate(shapes):
-        images[i, :, :ih, :iw] = rng.standard_normal((3, ih, iw))
-        mask[i, :ih, :iw] = False
-    return {"images": images, "padding_mask": mask}
+    images, mask = random_padded_batch(shapes, seed)
+    return {IMAGES: images, PADDING_MASK: mask}
 
 
 def test_fake_gpu_buffers_are_allocated_once_at_the_profile_maximum_for_growing_and_shrinking_batches(fake_gpu,
