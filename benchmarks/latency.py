@@ -286,6 +286,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     }
                 rows.append(row)
         add_speedups(rows)
+        for name, pipeline in pipelines.items():  # what crossed host <-> device is known only after the calls
+            backend_records[name]["copies"] = pipeline.copies
         if "eager" not in pipelines:
             notes.append("eager did not run: no speedups or agreement")
         if args.checkpoint is None:

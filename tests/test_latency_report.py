@@ -304,3 +304,49 @@ def test_a_query_sparse_export_given_as_the_full_graph_is_a_one_line_error(repor
                  f"eager,{FULL}", "--threads", "1", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and str(sparse) in err and "single graph" in err
+
+
+class _CountingPair:
+    """Stands in for the TensorRT pair (runtime/backends/tensorrt_pair.py): runs the ONNX graphs and reports, as its
+    engines would count them, the feeds as bytes up and a fixed amount down."""
+
+    def __init__(self, model):
+        self.model, self.resets, self.up = model, 0, 0
+
+    def reset_transfers(self):
+        self.resets += 1
+        self.up = 0
+
+    def run(self, feeds, threshold, is_thing=None, nms_iou=None, select=None):
+        from runtime.sparse import run_query_sparse
+
+        self.up = sum(a.nbytes for a in feeds.values())
+        return run_query_sparse(self.model.detector.infer, self.model.masks.infer, feeds, threshold, is_thing, nms_iou)
+
+    def transfers(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(h2d_bytes=self.up, d2h_bytes=5000)
+
+
+def test_the_report_shows_the_bytes_the_device_pair_moved_per_image(report):
+    from benchmarks.pipelines import ResizeSettings, RuntimePipeline
+
+    _, out = report
+    photos = sorted((out.parent / "images").glob("*.jpg"))
+    pipeline = RuntimePipeline("tensorrt", out / "model.onnx", "onnxruntime", {"optimized_cache": False},
+                               ResizeSettings(64, 107, 0.85))
+    try:
+        assert pipeline.copies == "not applicable (CPU)"  # no pair: nothing is counted
+        pair = _CountingPair(pipeline.model)
+        pipeline.model.device_pair = pair
+        uploaded = 0
+        for batch in ([photos[0]], photos):
+            pipeline(batch)
+            uploaded += pair.up
+        assert pair.resets == 2  # each call counts only its own traffic
+        per_image = uploaded / 3 / 1e6
+        assert pipeline.copies.endswith(f"per image H2D {per_image:.3f} MB, D2H {2 * 5000 / 3 / 1e6:.3f} MB "
+                                        "(counted)")
+    finally:
+        pipeline.close()
