@@ -78,7 +78,10 @@ def quantize_graph(source: Path, output: Path, feeds: Sequence[dict], flavour: I
             activation_type=QuantType.QInt8 if flavour.activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), calibrate_method=CALIBRATION_METHODS[method],
             extra_options={"ActivationSymmetric": flavour.symmetric_activations, "WeightSymmetric": True,
-                           "CalibTensorRangeSymmetric": flavour.symmetric_activations},
+                           "CalibTensorRangeSymmetric": flavour.symmetric_activations,
+                           # one image per collection: images (and kept-query counts) differ in shape, which the
+                           # histogram methods cannot stack; min-max merges the same either way
+                           "CalibStridedMinMax": 1},
             calibration_cache_path=str(cache))
     finally:
         logging.getLogger().setLevel(quiet)
