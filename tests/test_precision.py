@@ -44,7 +44,7 @@ from train.prepare.synthetic import generate_sample
 
 SIZE, MAX_SIZE = 128, 213
 # Category-map agreement with fp32 each variant of the tiny confident model keeps on the test images (mean).
-FLOORS = {"fp16": 0.99, "int8-cpu": 0.85, "int8-tensorrt": 0.85}
+FLOORS = {"fp16": 0.99, "int8-cpu": 0.8, "int8-tensorrt": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +254,11 @@ def test_bad_input_is_one_line(exports, workdir, capsys):
     assert code == 1 and "no such model file" in capsys.readouterr().err
 
 
-def test_tensorrt_refuses_the_cpu_flavour(variants):
+def test_tensorrt_refuses_the_cpu_flavour_only(variants):
     with pytest.raises(PansegError, match="CPU-flavour"):
         plan_engine(variants["int8-cpu"])
+    for name in ("int8-tensorrt", "fp16"):  # planned (operators, metadata, mask graph digest) without complaint
+        assert plan_engine(variants[name]).mask is not None
 
 
 def test_runtime_runs_every_variant_without_torch(variants, images):

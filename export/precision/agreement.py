@@ -34,7 +34,10 @@ class ImageRun:
 
 def run_images(model_path: Path, images: Sequence[Path], threads: int | None = None) -> list[ImageRun]:
     """The model on each image alone, at its own resize policy and threshold, as the runtime runs it."""
-    options = {"threads": threads} if threads else {}
+    # no optimized-model cache: the sweep makes a new variant per measurement, never run again
+    options: dict[str, object] = {"providers": ("cpu",), "optimized_cache": False}
+    if threads:
+        options["intra_op_threads"] = threads
     runs = []
     with load_model(model_path, "onnxruntime", options) as model:
         info = model.info
