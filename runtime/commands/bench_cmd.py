@@ -18,7 +18,7 @@ from runtime.backends import add_backend_arguments
 from runtime.bench import DEFAULT_KEPT_FRACTION, BenchOptions, bench_engine
 from runtime.commands.threads_option import backend_options_with_threads
 from runtime.errors import PansegError
-from runtime.model_info import read_precision
+from runtime.model_info import describe_precision
 
 PROG = "panseg-rt bench"
 _SHAPE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise PansegError(f"{args.json}: is a directory; --json needs a file name")
     result = bench_engine(args.engine, options, backend=args.backend, backend_options=backend_options(args))
     print("\n".join(result.summary_lines()))
-    print(f"Precision: {read_precision(args.engine).describe()}")
+    print(f"Precision: {describe_precision(args.engine)}")
     for warning in result.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if args.json:

@@ -11,7 +11,7 @@ from runtime.backends import add_backend_arguments
 from runtime.commands.threads_option import backend_options_with_threads
 from runtime.infer import infer
 from runtime.inputs import Failure
-from runtime.model_info import read_precision
+from runtime.model_info import describe_precision
 from runtime.outputs import FAILURES_FILE
 from runtime.pipeline import InferOptions
 from runtime.subcommands import positive_int
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     report = infer(args.engine, args.input, args.output, options, coco_json=args.coco_json, backend=args.backend,
                    backend_options=_backend_options(args), on_failure=_report_failure)
     print(f"{PROG}: {report.summary_line()}")
-    print(f"{PROG}: model precision {read_precision(args.engine).describe()}")
+    print(f"{PROG}: model precision {describe_precision(args.engine)}")
     print(report.written_line())
     if report.failures:
         print(f"{PROG}: {len(report.failures)} of {report.total} images failed (listed above and in "
