@@ -27,7 +27,7 @@ from export.precision.__main__ import main
 from export.precision.agreement import compare_runs, run_images
 from export.precision.calibration import MIN_KEPT, CalibrationImages, cache_path, kept_for_calibration
 from export.precision.fp16 import FLOAT32_OPS
-from export.precision.int8 import Int8Flavour
+from export.precision.int8 import Int8Flavour, cpu_flags
 from export.precision.sensitivity import sensitivity_sweep
 from export.precision.variant import Int8Plan, Source, write_int8
 from export.tensorrt import plan_engine
@@ -314,3 +314,13 @@ def test_sweep_keeps_the_most_helpful_blocks_until_the_target():
     assert chosen == ["b"]
     chosen, rows = sensitivity_sweep(["a", "b", "c"], {}, measure, target=0.5, budget=2)
     assert chosen == [] and len(rows) == 1
+
+
+def test_cpu_flavour_reduces_range_only_without_vnni(tmp_path):
+    assert Int8Flavour.for_target("cpu", {"avx2"}).reduce_range
+    assert not Int8Flavour.for_target("cpu", {"avx2", "avx512_vnni"}).reduce_range
+    tensorrt = Int8Flavour.for_target("tensorrt", {"avx2"})
+    assert tensorrt.activation_type == "int8" and tensorrt.symmetric_activations and not tensorrt.reduce_range
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx_vnni\n")
+    assert "avx_vnni" in cpu_flags(cpuinfo) and cpu_flags(tmp_path / "missing") == set()
