@@ -134,3 +134,17 @@ def mask_graph_name(detector_path: str | Path) -> str:
     """The file name the export gives a detector's mask graph: ``model.onnx`` -> ``model.masks.onnx``."""
     detector_path = Path(detector_path)
     return f"{detector_path.stem}{MASK_GRAPH_INFIX}{detector_path.suffix}"
+
+# ---------------------------------------------------------------------------------------------- precision
+
+# A reduced-precision variant (python -m export.precision) records what it is under this key, on the detector (or
+# single graph) and on its mask graph: {"precision": ..., "int8_target": ..., "calibration": {...}, ...}. A model
+# without the key is float32 (every export before precision variants existed).
+KEY_PRECISION = "precision"
+FP32 = "fp32"
+FP16 = "fp16"
+INT8 = "int8"
+PRECISIONS = (FP32, FP16, INT8)
+INT8_TENSORRT = "tensorrt"  # S8S8: symmetric int8 activations and weights, zero points 0 (what TensorRT builds)
+INT8_CPU = "cpu"  # U8S8: uint8 activations, int8 weights (what CPU integer kernels run fastest; not for TensorRT)
+INT8_TARGETS = (INT8_TENSORRT, INT8_CPU)

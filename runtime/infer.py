@@ -48,6 +48,7 @@ class InferReport:
     predictions: Path
     failures_file: Path
     load_seconds: float = 0.0  # loading the engine and hashing it (set by ``infer``)
+    precision: str = ""  # the model's precision as its metadata says (set by ``infer``), e.g. "fp32"
 
     @property
     def ok(self) -> bool:
@@ -195,4 +196,5 @@ def infer(engine: str | os.PathLike, inputs: Sequence[str | os.PathLike], output
         output = OutputDir(output_dir, model.info.categories, run_settings(model, options), overlay=options.overlay)
         load_seconds = time.perf_counter() - started
         report = run_inference(model, jobs, output, options, failures, on_failure, load_seconds)
+        report.precision = model.info.precision.describe()
     return report

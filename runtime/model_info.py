@@ -11,6 +11,7 @@ naming the file and the key, not with a KeyError in the middle of a run.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ from runtime.categories import Category, categories_from_json
 from runtime.contract import (
     DEFAULT_MASK_STRIDE,
     DETECTION,
+    FP32,
+    INT8,
+    INT8_TARGETS,
     KEY_CATEGORIES,
     KEY_INPUTS,
     KEY_KIND,
@@ -27,12 +31,14 @@ from runtime.contract import (
     KEY_NUM_CLASSES,
     KEY_NUM_QUERIES,
     KEY_OUTPUTS,
+    KEY_PRECISION,
     KEY_QUERY_SPARSE,
     KEY_RESIZE,
     KEY_TENSORRT,
     KEY_THRESHOLD,
     KEY_VERSION,
     PANOPTIC,
+    PRECISIONS,
     SUPPORTED_VERSION,
     is_tensorrt_file,
 )
@@ -47,6 +53,25 @@ class ResizePolicy:
 
     size: int
     max_size: int | None
+
+
+@dataclass(frozen=True)
+class PrecisionInfo:
+    """What a precision variant says about itself (python -m export.precision); float32 for any other model."""
+
+    precision: str = FP32  # "fp32", "fp16" or "int8"
+    int8_target: str | None = None  # int8 only: "tensorrt" (S8S8) or "cpu" (U8S8)
+    calibration_method: str | None = None
+    calibration_images: int = 0
+    calibration_digest: str | None = None
+    float_nodes: tuple[str, ...] = ()  # nodes left in float32 (int8: excluded blocks; fp16: blocked operators)
+
+    def describe(self) -> str:
+        """One phrase for the commands' output, e.g. ``int8 (cpu flavour, minmax on 4 images)``."""
+        if self.precision != INT8:
+            return self.precision
+        return (f"{self.precision} ({self.int8_target} flavour, {self.calibration_method} calibration on "
+                f"{self.calibration_images} images, {len(self.float_nodes)} nodes in float)")
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,7 @@ class ModelInfo:
     num_classes: int
     mask_stride: int
     mask_graph: str | None = None  # query-sparse: the mask graph's file name, next to the model
+    precision: PrecisionInfo = PrecisionInfo()
 
     @property
     def is_thing(self) -> dict[int, bool]:
@@ -177,7 +203,58 @@ def parse_model_info(metadata: Mapping[str, str], source: str = "model") -> Mode
         num_classes=num_classes,
         mask_stride=r.positive_int(KEY_MASK_STRIDE, default=DEFAULT_MASK_STRIDE),
         mask_graph=_mask_graph(r, source),
+        precision=parse_precision(r.get(KEY_PRECISION, None), source),
     )
+
+
+def parse_precision(value: Any, source: str = "model") -> PrecisionInfo:
+    """The decoded ``precision`` metadata entry -> PrecisionInfo (None: an fp32 model exported before the key)."""
+    if value is None:
+        return PrecisionInfo()
+
+    def fail(problem: str) -> PansegError:
+        return PansegError(f"{source}: metadata {KEY_PRECISION!r} {problem}")
+
+    if not isinstance(value, dict):
+        raise fail(f"must be an object, got {value!r}")
+    precision = value.get("precision")
+    if precision not in PRECISIONS:
+        raise fail(f"names precision {precision!r}, not one of {', '.join(PRECISIONS)}")
+    target = value.get("int8_target")
+    if precision == INT8 and target not in INT8_TARGETS:
+        raise fail(f"names int8 target {target!r}, not one of {', '.join(INT8_TARGETS)}")
+    calibration = value.get("calibration") or {}
+    float_nodes = value.get("float_nodes") or []
+    if not isinstance(calibration, dict) or not isinstance(float_nodes, list):
+        raise fail("has a malformed calibration or float_nodes entry")
+    count = calibration.get("images", 0)
+    return PrecisionInfo(precision=precision, int8_target=target if precision == INT8 else None,
+                         calibration_method=calibration.get("method"),
+                         calibration_images=count if isinstance(count, int) else 0,
+                         calibration_digest=calibration.get("images_sha256"),
+                         float_nodes=tuple(str(n) for n in float_nodes))
+
+
+def read_precision(engine_path: str | os.PathLike) -> PrecisionInfo:
+    """The precision of an engine file without loading it for inference: a TensorRT plan's side file, or an ONNX
+    model's metadata through an unoptimized ONNX Runtime session (the runtime has no onnx package)."""
+    path = os.fspath(engine_path)
+    if is_tensorrt_file(path):
+        from runtime.trt_sidecar import read_sidecar_metadata
+
+        props = read_sidecar_metadata(path)
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises several types for unreadable files
+            raise PansegError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]})") from exc
+        props = session.get_modelmeta().custom_metadata_map
+    values = decode_metadata_props([(KEY_PRECISION, props[KEY_PRECISION])], path) if KEY_PRECISION in props else {}
+    return parse_precision(values.get(KEY_PRECISION), path)
 
 
 def _mask_graph(r: _Reader, source: str) -> str | None:
@@ -188,3 +265,12 @@ def _mask_graph(r: _Reader, source: str) -> str | None:
         raise r.fail(KEY_QUERY_SPARSE, f"names the mask graph {name}, not a TensorRT engine; rebuild the pair with "
                      "python -m export.tensorrt, which builds the detector and the mask engine together")
     return name
+
+
+def describe_precision(engine_path: str | os.PathLike) -> str:
+    """``read_precision(...).describe()`` for the commands' last lines, which report on a model they already ran:
+    a file whose metadata cannot be read this way (e.g. a test's stand-in engine) is "unknown (why)", not an error."""
+    try:
+        return read_precision(engine_path).describe()
+    except PansegError as exc:
+        return f"unknown ({exc})"

@@ -45,8 +45,8 @@ from export.tensorrt.profile import BHW, ShapeRange, profile_for_model, uncovere
 from export.tensorrt.sidecar import engine_info, write_sidecar
 from export.trt_operators import check_tensorrt_compatible
 from runtime.atomic import atomic_write_bytes
+from runtime.contract import INT8, INT8_CPU, KEY_PRECISION, sidecar_path
 from runtime.contract import TENSORRT_SUFFIXES as ENGINE_SUFFIXES
-from runtime.contract import sidecar_path
 from runtime.errors import PansegError
 from runtime.filehash import file_sha256
 from runtime.metadata_props import decode_metadata_props
@@ -97,6 +97,15 @@ def _read_metadata(model: onnx.ModelProto, onnx_path: Path) -> dict[str, Any]:
     return decode_metadata_props(((e.key, e.value) for e in model.metadata_props), str(onnx_path))
 
 
+def refuse_cpu_int8(metadata: Mapping[str, Any], onnx_path: Path) -> None:
+    """The INT8 CPU flavour (python -m export.precision --int8-target cpu) has uint8 activations with zero points,
+    which TensorRT cannot build: say so instead of failing deep in the parser."""
+    precision = metadata.get(KEY_PRECISION)
+    if isinstance(precision, dict) and precision.get("precision") == INT8 and precision.get("int8_target") == INT8_CPU:
+        raise PansegError(f"{onnx_path}: an INT8 CPU-flavour model (uint8 activations, U8S8); TensorRT builds only "
+                          "symmetric int8 QDQ: make the variant with python -m export.precision --int8-target tensorrt")
+
+
 def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
                 min_shape: BHW | None = None, opt_shape: BHW | None = None, max_shape: BHW | None = None,
                 options: BuildOptions | None = None) -> EnginePlan:
@@ -115,9 +124,10 @@ def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None =
     options = options or BuildOptions()
     if options.timing_cache is not None and options.timing_cache.is_dir():
         raise PansegError(f"{options.timing_cache}: the timing cache must be a file, not a directory")
-    check_tensorrt_compatible(onnx_path)  # unsupported operators fail here, with node names, before any build
     model = _load_graph(onnx_path)
     metadata = _read_metadata(model, onnx_path)
+    refuse_cpu_int8(metadata, onnx_path)
+    check_tensorrt_compatible(onnx_path)  # unsupported operators fail here, with node names, before any build
     if "panseg_metadata_version" not in metadata:
         raise PansegError(f"{onnx_path}: no panseg metadata (categories, preprocessing) in the model; export it with "
                           "python -m export.onnx")

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     report = infer(args.model, args.inputs, args.output, options, coco_json=args.coco_json, backend=args.backend,
                    backend_options=_backend_options(args), on_failure=_report_failure)
     print(f"{PROG}: {report.summary_line()}")
+    print(f"{PROG}: model precision {report.precision}")
     print(report.written_line())
     if report.failures:
         print(f"{PROG}: {len(report.failures)} of {report.total} images failed (listed above and in "
