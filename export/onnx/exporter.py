@@ -1,8 +1,4 @@
-"""Checkpoint -> self-describing, verified ONNX model (``python -m export.onnx CKPT``).
-
-Pieces: loading.py (checkpoint -> model, config, categories), graph.py (wrappers and the export itself),
-sparse.py (the query-sparse detector + mask graph pair), metadata.py (what the runtime reads from the .onnx),
-verify/ (checker, TensorRT operators, the deployed model on ONNX Runtime vs eager, on the caller's images).
+"""Checkpoint -> self-describing, verified ONNX model: :func:`export_checkpoint`, behind ``python -m export.onnx``.
 
 A panoptic model is exported query-sparse by default: ``NAME.onnx`` (the detector, whose metadata names its mask
 graph) and ``NAME.masks.onnx`` (the mask head, run by the runtime only on the queries above the threshold); see
@@ -21,19 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.onnx.graph import DEFAULT_OPSET, ShapePolicy, export_full_model
+from export.onnx.defaults import DEFAULT_MAX_IMAGES, DEFAULT_OPSET, DEFAULT_SIZES
+from export.onnx.graph import ShapePolicy, export_full_model
 from export.onnx.loading import LoadedCheckpoint, load_for_export
-from export.onnx.metadata import add_query_sparse, build_metadata, mask_graph_metadata, read_metadata, write_metadata
+from export.onnx.metadata import add_query_sparse, build_metadata, mask_graph_metadata, write_metadata
 from export.onnx.sparse import export_sparse_model
-from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, ImageSources, Report, Tolerances, list_images
-from export.onnx.verify import verify as verify_model  # aliased: `export.onnx.verify` stays the package
+from export.onnx.verify import ImageSources, Report, Tolerances, list_images
+from export.onnx.verify import verify as verify_model  # the function, named apart from its package
 from runtime.atomic import atomic_write_bytes
 from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_INPUTS, MASK_GRAPH_OUTPUTS, MODEL_INPUTS, mask_graph_name
 from runtime.errors import PansegError
 from runtime.postprocess import DEFAULT_THRESHOLD
-
-__all__ = ["ExportResult", "ShapePolicy", "Tolerances", "default_output_path", "export_checkpoint", "mask_graph_path",
-           "read_metadata"]
 
 
 @dataclass
