@@ -11,9 +11,13 @@ import codecs
 import os
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
+from runtime.errors import PansegError
+
 _HEADER_BYTES = 4096
+NOT_READABLE_CHECKPOINT = "not a readable PyTorch checkpoint (truncated or corrupt)"
 
 # kinds that :func:`sniff` returns
 CHECKPOINT = "checkpoint"  # a zip archive with a */data.pkl member, or a pickle: torch.load may read it
@@ -41,6 +45,13 @@ _PICKLE_PROTOCOLS = range(2, 6)  # torch.save writes protocol 2 by default; PROT
 _LEGACY_TEXT_MAGIC = b"L119547037146038801333356L\n"  # torch's legacy magic number pickled with protocol 0 or 1
 _TENSORRT_MAGIC = b"ftrt"  # a serialized TensorRT engine starts with this tag
 _ORT_MAGIC = b"ORTM"  # ONNX Runtime's flatbuffer format, at offset 4
+
+_CHECKPOINT_HINTS = {  # what to do instead, for files a user plausibly mistakes for a checkpoint
+    ONNX: " (already exported: run it with panseg-rt)",
+    ORT: " (already exported: run the .onnx it came from with panseg-rt)",
+    TENSORRT_PLAN: " (already built: run it with panseg-rt on its GPU)",
+    IMAGE: " (to segment images: panseg-rt infer MODEL.onnx IMAGE -o DIR)",
+}
 
 # ONNX ModelProto: field number -> protobuf wire type (0 varint, 2 length-delimited); 7 is the graph.
 _ONNX_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
@@ -153,3 +164,19 @@ def sniff(path: str | os.PathLike) -> FileKind:
         if _is_onnx_model(f, os.fstat(f.fileno()).st_size):
             return FileKind(ONNX, "an ONNX model")
     return _text_kind(header) or FileKind(UNKNOWN, "unrecognised binary data (neither a zip archive nor a pickle)")
+
+
+def refuse_non_checkpoint(path: str | os.PathLike) -> None:
+    """PansegError naming ``path`` unless it may be a PyTorch checkpoint: missing, not a file, or another kind of
+    file by its first bytes. Here, not in train/checkpoint.py, so a command can refuse before importing torch."""
+    path = Path(path)
+    if not path.is_file():
+        raise PansegError(f"{path}: no such checkpoint file" if not path.exists() else f"{path}: not a file")
+    try:
+        found = sniff(path)
+    except OSError as exc:
+        raise PansegError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if found.kind == DAMAGED_CHECKPOINT:
+        raise PansegError(f"{path}: {NOT_READABLE_CHECKPOINT}")
+    if not found.may_be_checkpoint:
+        raise PansegError(f"{path}: {found.what}, not a PyTorch checkpoint{_CHECKPOINT_HINTS.get(found.kind, '')}")

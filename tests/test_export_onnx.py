@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from PIL import Image
 
 import export.onnx.__main__ as export_cli
 import runtime.postprocess
-from export.onnx import export_checkpoint, read_metadata, verification_is_thing
+from export.onnx import Tolerances, export_checkpoint, read_metadata, verification_is_thing
 from export.onnx.__main__ import main
 from export.onnx.graph import FullModel, ShapePolicy
 from export.onnx.loading import load_for_export
@@ -415,6 +418,83 @@ def test_command_line_entry_point_reports_errors(workdir):
     assert proc.stderr.strip().splitlines() == [
         f"python -m export.onnx: error: {workdir / 'absent.pth'}: no such checkpoint file"]
     assert not (REPO / "absent.onnx").exists()
+
+
+HEAVY = {"torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "tensorrt"}
+
+
+def _run_recording_imports(*argv: str, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str], float]:
+    """``python -X importtime -m export.onnx ARGV``: the process, the modules it imported, its wall time."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "export.onnx", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    lines = proc.stderr.splitlines()
+    modules = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    modules.discard("package")  # importtime's header line
+    proc.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return proc, modules, seconds
+
+
+def test_non_checkpoints_are_refused_before_torch_is_imported(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(photo, quality=95)
+    assert photo.stat().st_size > 2_000_000  # a few MB: the sniff reads its first bytes only
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not a checkpoint\n")
+    exported = tmp_path / "exported.onnx"
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), exported)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01\x02" + rng.bytes(10_000))
+    cases = {
+        photo: "a JPEG image, not a PyTorch checkpoint (to segment images: panseg-rt infer MODEL.onnx IMAGE -o DIR)",
+        notes: "a text file, not a PyTorch checkpoint",
+        exported: "an ONNX model, not a PyTorch checkpoint (already exported: run it with panseg-rt)",
+        garbage: "unrecognised binary data (neither a zip archive nor a pickle), not a PyTorch checkpoint",
+        tmp_path / "absent.pth": "no such checkpoint file",
+    }
+    for path, expected in cases.items():
+        proc, modules, seconds = _run_recording_imports(str(path), "--no-progress", cwd=tmp_path)
+        assert proc.returncode == 1, (path, proc.stderr)
+        assert proc.stderr.splitlines() == [f"python -m export.onnx: error: {path}: {expected}"], proc.stderr
+        assert "runtime.filekind" in modules  # importtime recorded the imports, so the next check means something
+        assert not {m for m in modules if m.split(".")[0] in HEAVY}, (path, sorted(modules))
+        assert seconds < 2.0, (path, seconds)  # generous: about 0.3 s here, against ~7 s with torch imported
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chelsea.jpg", "exported.onnx", "garbage.onnx",
+                                                          "notes.pth"]  # nothing written
+
+    proc, modules, _ = _run_recording_imports("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "--verify-sizes" in proc.stdout and "--static-shape" in proc.stdout
+    assert not {m for m in modules if m.split(".")[0] in HEAVY}, sorted(modules)
+    # the light defaults the parser shows are the ones the exporter uses
+    args = export_cli.build_parser().parse_args(["model.pth"])
+    assert Tolerances(args.atol_logits, args.atol_boxes, args.atol_masks, args.rtol,
+                      args.min_pixel_agreement) == Tolerances()
+    signature = inspect.signature(export_checkpoint).parameters
+    assert (args.opset, args.verify_sizes, args.verify_max_images) == (
+        signature["opset"].default, signature["verify_sizes"].default, signature["verify_max_images"].default)
+
+
+def test_package_names_load_lazily_from_their_modules():
+    import export.onnx
+    from export.onnx import exporter, graph, metadata
+    from export.onnx.verify import compare
+
+    homes = {"ShapePolicy": graph, "read_metadata": metadata, "Tolerances": compare}
+    for name in export.onnx.__all__:
+        assert getattr(export.onnx, name) is getattr(homes.get(name, exporter), name), name
+    assert set(export.onnx.__all__) <= set(dir(export.onnx))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        export.onnx.nope  # noqa: B018
+    proc = subprocess.run([sys.executable, "-c", "import sys, export.onnx; print(sorted(m for m in sys.modules "
+                           "if m.split('.')[0] in ('torch', 'onnx')))"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def test_failed_verification_exits_1_and_keeps_model_only_under_failed_name(tiny_ckpt, workdir, images_dir,

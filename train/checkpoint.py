@@ -29,13 +29,6 @@ from train.models.config import NOT_IN_WEIGHTS, DETRConfig, config_from_state_di
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.device)
 _SHOWN = 3  # how many offending keys an error message lists
-_DAMAGED = "not a readable PyTorch checkpoint (truncated or corrupt)"
-_HINTS = {  # what to do instead, for files a user plausibly mistakes for a checkpoint
-    filekind.ONNX: " (already exported: run it with panseg-rt)",
-    filekind.ORT: " (already exported: run the .onnx it came from with panseg-rt)",
-    filekind.TENSORRT_PLAN: " (already built: run it with panseg-rt on its GPU)",
-    filekind.IMAGE: " (to segment images: panseg-rt infer MODEL.onnx IMAGE -o DIR)",
-}
 
 
 def _unsafe_global(exc: BaseException) -> str | None:
@@ -59,25 +52,10 @@ def _strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     return dict(state_dict)
 
 
-def _refuse_non_checkpoint(path: Path) -> None:
-    """Name a file that is not a checkpoint by its first bytes, before torch.load spends seconds failing on it."""
-    try:
-        found = filekind.sniff(path)
-    except OSError as exc:
-        raise PansegError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
-    if found.kind == filekind.DAMAGED_CHECKPOINT:
-        raise PansegError(f"{path}: {_DAMAGED}")
-    if not found.may_be_checkpoint:
-        hint = _HINTS.get(found.kind, "")
-        raise PansegError(f"{path}: {found.what}, not a PyTorch checkpoint{hint}")
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint safely; always returns a dict whose 'model' is a state dict (and 'args', if any, a dict)."""
     path = Path(path)
-    if not path.is_file():
-        raise PansegError(f"{path}: no such checkpoint file" if not path.exists() else f"{path}: not a file")
-    _refuse_non_checkpoint(path)
+    filekind.refuse_non_checkpoint(path)  # names a wrong file by its first bytes, before torch.load spends seconds
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -88,10 +66,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: refused to load: it would import {name}, and only tensors, plain Python values and "
                 "argparse.Namespace are allowed (a pickled object, or a malicious file)"
             ) from None
-        raise PansegError(f"{path}: {_DAMAGED}") from None
+        raise PansegError(f"{path}: {filekind.NOT_READABLE_CHECKPOINT}") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError):
         # torch's text here is an internal detail (a byte offset, a record name) that helps no user.
-        raise PansegError(f"{path}: {_DAMAGED}") from None
+        raise PansegError(f"{path}: {filekind.NOT_READABLE_CHECKPOINT}") from None
 
     if isinstance(obj, Mapping) and "model" in obj:
         ckpt = dict(obj)

@@ -2,6 +2,9 @@
 
 Exit status 0 when the model was written and verified (or verification was skipped with --no-verify), 1 on bad input
 (one line on stderr, no file written) or when verification fails (the model is kept as NAME.failed.onnx).
+
+Only light modules are imported up front: a file that cannot be a checkpoint (a photo, an exported model) is refused
+from its first bytes before torch and onnx are imported, in a fraction of a second instead of several.
 """
 
 from __future__ import annotations
@@ -13,12 +16,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from export.onnx import ShapePolicy, Tolerances, default_output_path, export_checkpoint
-from export.onnx.graph import DEFAULT_OPSET
-from export.onnx.verify import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, format_table, list_images, verdict_line
-from export.tensorrt.profile import MIN_SIDE
+from export.onnx import defaults
 from runtime.atomic import atomic_write_json
 from runtime.errors import PansegError
+from runtime.filekind import refuse_non_checkpoint
 from runtime.postprocess import DEFAULT_THRESHOLD
 from runtime.subcommands import (
     ArgumentParser,
@@ -35,7 +36,14 @@ PROG = "python -m export.onnx"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VERIFY_FOLDER = Path(DEFAULT_DATA) / "val2017"  # the synthetic data set's val images, as `python -m train` uses
 GENERATED_IMAGES = 4
-image_hw = hw_type(MIN_SIDE)  # --static-shape: the shared HxW parser, at least one backbone stride a side
+
+
+def image_hw(text: str) -> tuple[int, int]:
+    """--static-shape: the shared HxW parser, at least one backbone stride a side. MIN_SIDE lives with the TensorRT
+    profile, which imports onnx, so it is read only when the flag is given."""
+    from export.tensorrt.profile import MIN_SIDE
+
+    return hw_type(MIN_SIDE)(text)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -49,14 +57,13 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    tol = Tolerances()
     p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file (.pth): our training's, detr main.py's, or a detr release")
     p.add_argument("-o", "--output", help="output .onnx (default: the checkpoint's stem + .onnx, here)")
     p.add_argument("--categories", metavar="FILE",
                    help="COCO categories JSON (a list, or a dict with 'categories'); overrides the checkpoint's")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17+ for TensorRT)")
+    p.add_argument("--opset", type=int, default=defaults.DEFAULT_OPSET, help="ONNX opset (17+ for TensorRT)")
     p.add_argument("--static-shape", type=image_hw, metavar="HxW",
                    help="fixed input height and width (default: dynamic)")
     p.add_argument("--batch", type=positive_int, help="fixed batch size (default: dynamic)")
@@ -72,15 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders and image files to verify on (repeatable; default: "
                         f"{DEFAULT_VERIFY_FOLDER} here or in the repository, else {GENERATED_IMAGES} generated "
                         "synthetic images)")
-    v.add_argument("--verify-sizes", type=_sizes, default=DEFAULT_SIZES, metavar="S1,S2",
+    v.add_argument("--verify-sizes", type=_sizes, default=defaults.DEFAULT_SIZES, metavar="S1,S2",
                    help="shorter sides to verify at (dynamic shapes)")
-    v.add_argument("--verify-max-images", type=positive_int, default=DEFAULT_MAX_IMAGES)
-    v.add_argument("--atol-logits", type=non_negative_float, default=tol.logits_atol)
-    v.add_argument("--atol-boxes", type=non_negative_float, default=tol.boxes_atol)
-    v.add_argument("--atol-masks", type=non_negative_float, default=tol.masks_atol)
-    v.add_argument("--rtol", type=non_negative_float, default=tol.rtol,
+    v.add_argument("--verify-max-images", type=positive_int, default=defaults.DEFAULT_MAX_IMAGES)
+    v.add_argument("--atol-logits", type=non_negative_float, default=defaults.DEFAULT_LOGITS_ATOL)
+    v.add_argument("--atol-boxes", type=non_negative_float, default=defaults.DEFAULT_BOXES_ATOL)
+    v.add_argument("--atol-masks", type=non_negative_float, default=defaults.DEFAULT_MASKS_ATOL)
+    v.add_argument("--rtol", type=non_negative_float, default=defaults.DEFAULT_RTOL,
                    help="added tolerance relative to the output's max |value|")
-    v.add_argument("--min-pixel-agreement", type=probability, default=tol.min_pixel_agreement)
+    v.add_argument("--min-pixel-agreement", type=probability, default=defaults.DEFAULT_MIN_PIXEL_AGREEMENT)
     v.add_argument("--json", metavar="FILE.json", help="also write the verification report here as JSON")
     add_deprecated(v, "--report", "--json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -96,6 +103,8 @@ def verification_images(args: argparse.Namespace) -> Iterator[tuple[list[str] | 
     if args.no_verify or args.verify_images is not None:
         yield args.verify_images, None
         return
+    from export.onnx.verify import list_images
+
     advice = "pass --verify-images with folders or image files to verify on your own"
     for folder in (DEFAULT_VERIFY_FOLDER, REPO_ROOT / DEFAULT_VERIFY_FOLDER):
         try:
@@ -117,12 +126,22 @@ def verification_images(args: argparse.Namespace) -> Iterator[tuple[list[str] | 
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_non_checkpoint(args.checkpoint)  # a wrong file is named now, not after seconds of importing torch
+    if args.json and not str(args.json).endswith(".json"):
+        raise PansegError(f"{args.json}: the report name must end in .json")
+    return export_and_report(args)
+
+
+def export_and_report(args: argparse.Namespace) -> int:
+    """The export itself, for a file that may be a checkpoint: only here are torch and onnx imported."""
+    from export.onnx.exporter import default_output_path, export_checkpoint
+    from export.onnx.graph import ShapePolicy
+    from export.onnx.verify import Tolerances, format_table, verdict_line
+
     height, width = args.static_shape or (None, None)
     policy = ShapePolicy(batch=args.batch, height=height, width=width)
     tolerances = Tolerances(args.atol_logits, args.atol_boxes, args.atol_masks, args.rtol, args.min_pixel_agreement)
     output = args.output or default_output_path(args.checkpoint)
-    if args.json and not str(args.json).endswith(".json"):
-        raise PansegError(f"{args.json}: the report name must end in .json")
     with verification_images(args) as (images, note):
         result = export_checkpoint(
             args.checkpoint, output, categories_file=args.categories, policy=policy, opset=args.opset,

@@ -32,10 +32,10 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from export.onnx.defaults import DEFAULT_OPSET
 from runtime.contract import DETECTION_OUTPUTS, MODEL_INPUTS, PANOPTIC_OUTPUTS
 from runtime.errors import PansegError
 
-DEFAULT_OPSET = 17  # TensorRT maps LayerNormalization (opset 17) to its normalization layer
 MIN_OPSET = 14
 TRACE_BATCH = 2  # traced batch when the batch is dynamic: >1 so a frozen batch size shows up at batch 1
 TRACE_SIZE = (96, 128)  # traced (height, width) when they are dynamic: not square, not the verification sizes

@@ -20,9 +20,10 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from export.onnx.defaults import DEFAULT_MAX_IMAGES, DEFAULT_SIZES
 from export.onnx.graph import ShapePolicy
 from export.onnx.verify.compare import Tolerances, compare_batch, compare_panoptic, output_error
-from export.onnx.verify.images import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, ImageSources, list_images, plan_verification
+from export.onnx.verify.images import ImageSources, list_images, plan_verification
 from export.onnx.verify.report import OutputError, Report, Run, format_table, verdict_line
 from export.onnx.verify.runners import DeployedRunner, EagerRunner
 from export.onnx.verify.structure import graph_checks

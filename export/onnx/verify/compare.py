@@ -15,6 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export.onnx.defaults import (
+    DEFAULT_BOXES_ATOL,
+    DEFAULT_LOGITS_ATOL,
+    DEFAULT_MASKS_ATOL,
+    DEFAULT_MIN_PIXEL_AGREEMENT,
+    DEFAULT_RTOL,
+)
 from export.onnx.verify.images import Batch
 from export.onnx.verify.report import OUTPUT_LABELS, OutputError, Run
 from export.onnx.verify.runners import DeployedRun, EagerRun
@@ -26,11 +33,11 @@ from runtime.postprocess import PanopticResult, select_queries
 class Tolerances:
     """An output passes when max_abs <= atol + rtol * max|reference|; segmentations by pixel agreement."""
 
-    logits_atol: float = 1e-3
-    boxes_atol: float = 1e-4
-    masks_atol: float = 1e-2
-    rtol: float = 1e-3
-    min_pixel_agreement: float = 0.999  # near-tied masks (untrained models) may flip a few pixels
+    logits_atol: float = DEFAULT_LOGITS_ATOL
+    boxes_atol: float = DEFAULT_BOXES_ATOL
+    masks_atol: float = DEFAULT_MASKS_ATOL
+    rtol: float = DEFAULT_RTOL
+    min_pixel_agreement: float = DEFAULT_MIN_PIXEL_AGREEMENT  # near-tied masks (untrained models) may flip pixels
     same_segments: bool = True  # require the same segments (one-to-one, same categories) in every image
 
     def atol(self, output: str) -> float:

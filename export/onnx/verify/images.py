@@ -20,9 +20,6 @@ from runtime.contract import IMAGE_EXTENSIONS
 from runtime.errors import PansegError
 from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, load_image, pad_batch, preprocess
 
-DEFAULT_SIZES = (96, 160)
-DEFAULT_MAX_IMAGES = 4
-
 ImageSources = str | os.PathLike | Sequence[str | os.PathLike]
 
 
