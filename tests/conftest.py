@@ -137,3 +137,16 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh Python where importing torch, torchvision, train, export or benchmarks raises."""
     return subprocess.run([sys.executable, "-c", TORCH_BLOCKER + textwrap.dedent(code)], capture_output=True,
                           text=True)
+
+
+def synthetic_images(folder: Path, count: int = 3, seed: int = 1, size: int = 64) -> Path:
+    """``count`` synthetic val images as PNGs in a new ``folder``: real-looking inputs for export, verification and
+    calibration tests."""
+    from PIL import Image
+
+    from train.prepare.synthetic import generate_sample
+
+    folder.mkdir()
+    for index in range(count):
+        Image.fromarray(generate_sample(seed, "val", index, size=size).image).save(folder / f"img{index}.png")
+    return folder

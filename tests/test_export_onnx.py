@@ -20,6 +20,7 @@ import torch
 from conftest import TINY_CONFIG as TINY
 from conftest import random_padded_batch as _padded_batch
 from conftest import separable as _separable
+from conftest import synthetic_images
 from PIL import Image
 
 import export.onnx.__main__ as export_cli
@@ -40,7 +41,6 @@ from runtime.preprocess import DEFAULT_MAX_SIZE, DEFAULT_SIZE, IMAGENET_MEAN, IM
 from train.checkpoint import save_checkpoint
 from train.models import DETRConfig, build_model
 from train.prepare.synthetic import categories as synthetic_categories
-from train.prepare.synthetic import generate_sample
 
 REPO = Path(__file__).resolve().parents[1]
 R50_LAYOUT = Path(__file__).parent / "fixtures" / "detr_r50_panoptic_state_dict.json"
@@ -54,11 +54,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images_dir(workdir) -> Path:
-    folder = workdir / "images"
-    folder.mkdir()
-    for index in range(3):
-        Image.fromarray(generate_sample(1, "val", index, size=64).image).save(folder / f"img{index}.png")
-    return folder
+    return synthetic_images(workdir / "images")
 
 
 @pytest.fixture(scope="module")

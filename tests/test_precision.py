@@ -16,9 +16,8 @@ import onnx
 import pytest
 import torch
 from conftest import TINY_CONFIG as TINY
-from conftest import run_without_torch, separable
+from conftest import run_without_torch, separable, synthetic_images
 from onnx import numpy_helper
-from PIL import Image
 
 from export.onnx import export_checkpoint, read_metadata
 from export.onnx.metadata import write_metadata
@@ -40,7 +39,6 @@ from runtime.postprocess import PanopticResult
 from train.checkpoint import save_checkpoint
 from train.models import build_model
 from train.prepare.synthetic import categories as synthetic_categories
-from train.prepare.synthetic import generate_sample
 
 SIZE, MAX_SIZE = 128, 213
 # Category-map agreement with fp32 each variant of the tiny confident model keeps on the test images (mean).
@@ -54,11 +52,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(workdir) -> Path:
-    folder = workdir / "images"
-    folder.mkdir()
-    for index in range(3):
-        Image.fromarray(generate_sample(1, "val", index, size=64).image).save(folder / f"img{index}.png")
-    return folder
+    return synthetic_images(workdir / "images")
 
 
 def _small_policy(path: Path) -> Path:

@@ -15,7 +15,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import STUFF, THING
+from conftest import STUFF, THING, synthetic_images
 from conftest import TINY_CONFIG as TINY
 from conftest import separable as _separable
 from PIL import Image
@@ -131,11 +131,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images_dir(work) -> Path:
-    folder = work / "images"
-    folder.mkdir()
-    for index in range(3):
-        Image.fromarray(generate_sample(1, "val", index, size=64).image).save(folder / f"img{index}.png")
-    return folder
+    return synthetic_images(work / "images")
 
 
 @pytest.fixture(scope="module")
