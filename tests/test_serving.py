@@ -317,6 +317,24 @@ def test_killed_stub_fails_inflight_requests_then_the_model_is_reloaded(reposito
 
 
 @pytest.mark.serving
+def test_a_stub_killed_the_moment_the_server_is_ready_is_still_noticed(repository, install, images, reference, work):
+    """The watchdog's first look is taken before start() returns: a stub that dies before the watchdog's first
+    interval has passed must still be reloaded (it once went unnoticed when killed within that interval)."""
+    good = images[0].read_bytes()
+    expected = _reference_answers(reference, images[:1])[good]
+    with TritonServer(repository, install, log_path=work / "server-early-kill.log") as server:
+        stubs = [pid for pid, alive in stub_processes(server.process.pid).items() if alive]
+        os.kill(stubs[0], 9)  # at once, well inside WATCH_INTERVAL
+        deadline = time.monotonic() + 60
+        while server.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.restarts == 1 and server.ready()
+        with PansegClient(server.url) as fresh:
+            answer = fresh.segment(good)
+        assert (answer.png, answer.segments_info) == expected
+
+
+@pytest.mark.serving
 def test_requests_outside_the_repository_answer_with_errors(client):
     with pytest.raises(Exception, match="unknown model"):  # noqa: B017
         client.client.infer("not_a_model", request_inputs(b"x"))

@@ -283,7 +283,9 @@ class TritonServer:
             if self.ready():
                 if self.watchdog:
                     self._stopping.clear()
-                    self._watcher = threading.Thread(target=self._watch, name="triton-watchdog", daemon=True)
+                    alive = {pid for pid, ok in stub_processes(self.process.pid).items() if ok}  # before returning
+                    self._watcher = threading.Thread(target=self._watch, args=(alive,), name="triton-watchdog",
+                                                     daemon=True)
                     self._watcher.start()
                 return self
             time.sleep(0.25)
@@ -312,10 +314,11 @@ class TritonServer:
             self._post(f"/v2/repository/models/{name}/load")
         return names
 
-    def _watch(self) -> None:
-        """Reload the models when a stub that was alive is found dead (see the class docstring)."""
+    def _watch(self, known_alive: set[int]) -> None:
+        """Reload the models when a stub that was alive is found dead (see the class docstring). ``known_alive`` is
+        the first look, taken by ``start`` before it returns: a stub killed right after the server became ready must
+        already be known alive, or its death would never be noticed."""
         assert self.process is not None
-        known_alive: set[int] = set()
         while not self._stopping.wait(self.WATCH_INTERVAL) and self.process.poll() is None:
             stubs = stub_processes(self.process.pid)
             if any(not stubs.get(pid, False) for pid in known_alive):
