@@ -434,6 +434,7 @@ class BenchResult:
     rows: list[BenchRow]
     environment: dict[str, Any]
     load_seconds: float = 0.0
+    precision: str = "fp32"  # the model's, as its metadata says (ModelInfo.precision)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -576,7 +577,8 @@ def run_benchmark(model: PanopticModel, options: BenchOptions, clock: Callable[[
     rows.append(BenchRow("model", role, [str(f) for f in model.files], True, _tensor_shapes(feeds),
                          *timed(lambda: model.run(images, padding_mask, info.threshold, select=select)), shape.batch))
     return BenchResult(str(model.path), "query-sparse pair" if model.query_sparse else "single graph", shape, kept,
-                       kept_source, options, rows, environment(detector))
+                       kept_source, options, rows, environment(detector),
+                       precision=model.info.precision.describe())
 
 
 def bench_engine(engine: str | os.PathLike, options: BenchOptions | None = None, backend: str | None = None,

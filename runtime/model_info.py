@@ -266,11 +266,3 @@ def _mask_graph(r: _Reader, source: str) -> str | None:
                      "python -m export.tensorrt, which builds the detector and the mask engine together")
     return name
 
-
-def describe_precision(engine_path: str | os.PathLike) -> str:
-    """``read_precision(...).describe()`` for the commands' last lines, which report on a model they already ran:
-    a file whose metadata cannot be read this way (e.g. a test's stand-in engine) is "unknown (why)", not an error."""
-    try:
-        return read_precision(engine_path).describe()
-    except PansegError as exc:
-        return f"unknown ({exc})"

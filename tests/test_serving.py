@@ -279,6 +279,17 @@ KILLED_STUB = "Stub process 'panseg_0_0' is not healthy"
 RELOADING = "Request for unknown model: 'panseg' has no available versions"
 
 
+def _assert_reloaded_and_answering(server, good: bytes, expected) -> None:
+    """Within a minute the watchdog has reloaded the model once, and a new request gets the right answer."""
+    deadline = time.monotonic() + 60
+    while server.restarts == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.restarts == 1 and server.ready()
+    with PansegClient(server.url) as fresh:
+        answer = fresh.segment(good)
+    assert (answer.png, answer.segments_info) == expected
+
+
 @pytest.mark.serving
 def test_killed_stub_fails_inflight_requests_then_the_model_is_reloaded(repository, install, images, reference,
                                                                         work):
@@ -306,13 +317,7 @@ def test_killed_stub_fails_inflight_requests_then_the_model_is_reloaded(reposito
         assert all(KILLED_STUB in a or RELOADING in a for a in failed), set(failed)
         assert any(KILLED_STUB in a for a in failed)
         assert all((a.png, a.segments_info) == expected for a in answers if not isinstance(a, str))
-        deadline = time.monotonic() + 60
-        while server.restarts == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert server.restarts == 1 and server.ready()
-        with PansegClient(server.url) as fresh:
-            answer = fresh.segment(good)
-        assert (answer.png, answer.segments_info) == expected
+        _assert_reloaded_and_answering(server, good, expected)
         assert [pid for pid, alive in stub_processes(server.process.pid).items() if alive] != stubs
 
 
@@ -325,13 +330,7 @@ def test_a_stub_killed_the_moment_the_server_is_ready_is_still_noticed(repositor
     with TritonServer(repository, install, log_path=work / "server-early-kill.log") as server:
         stubs = [pid for pid, alive in stub_processes(server.process.pid).items() if alive]
         os.kill(stubs[0], 9)  # at once, well inside WATCH_INTERVAL
-        deadline = time.monotonic() + 60
-        while server.restarts == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert server.restarts == 1 and server.ready()
-        with PansegClient(server.url) as fresh:
-            answer = fresh.segment(good)
-        assert (answer.png, answer.segments_info) == expected
+        _assert_reloaded_and_answering(server, good, expected)
 
 
 @pytest.mark.serving

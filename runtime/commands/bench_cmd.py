@@ -17,7 +17,6 @@ from runtime.backends import add_backend_arguments
 from runtime.bench import DEFAULT_KEPT_FRACTION, BenchOptions, bench_engine
 from runtime.commands.threads_option import backend_options_with_threads
 from runtime.errors import PansegError
-from runtime.model_info import describe_precision
 from runtime.subcommands import (
     add_deprecated,
     fraction,
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise PansegError(f"{args.json}: is a directory; --json needs a file name")
     result = bench_engine(args.model, options, backend=args.backend, backend_options=backend_options(args))
     print("\n".join(result.summary_lines()))
-    print(f"Precision: {describe_precision(args.model)}")
+    print(f"Precision: {result.precision}")
     for warning in result.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if args.json:
