@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, default=800, help="eval shorter side; train scales are around it")
     p.add_argument("--max_size", type=int, default=1333)
     p.add_argument("--train_scales", help="comma-separated training shorter sides (default: detr's, scaled)")
+    p.add_argument("--group_batches", action="store_true",
+                   help="one orientation, aspect group and training scale per batch: far less padding than detr's "
+                        "per-image scales (train/datasets/grouped.py)")
     p.add_argument("--no_crop", dest="crop", action="store_false", help="skip detr's random-crop branch")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--cache_dataset", action="store_true",

@@ -29,6 +29,7 @@ from train.console import epoch_line, eval_summary
 from train.datasets import build_dataset, collate_fn, scaled_transform_options
 from train.datasets.cache import CachedItems
 from train.datasets.categories import annotation_file, check_same_categories, num_classes_for, read_categories
+from train.datasets.grouped import BatchScaled, GroupedBatchSampler, image_sizes
 from train.engine import train_one_epoch
 from train.mask_init import amplify_attention_inputs
 from train.models import DETRConfig, build_model
@@ -105,13 +106,19 @@ def build_loaders(args: argparse.Namespace, info: dist_utils.DistInfo) -> tuple[
     if args.cache_dataset:
         train_set = CachedItems(train_set)
     val_set = build_dataset("val", args.dataset_file, args.coco_path, panoptic_path, masks=args.masks, **options)
-    if info.enabled:
-        sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=args.seed)
+    persistent = args.cache_dataset and args.num_workers > 0
+    if args.group_batches:
+        sampler = GroupedBatchSampler(image_sizes(train_set), args.batch_size, options["scales"], args.seed,
+                                      info.rank if info.enabled else 0, info.world_size if info.enabled else 1)
+        train_loader = DataLoader(BatchScaled(train_set), batch_sampler=sampler, collate_fn=collate_fn,
+                                  num_workers=args.num_workers, persistent_workers=persistent)
     else:
-        sampler = RandomSampler(train_set)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                              collate_fn=collate_fn, num_workers=args.num_workers,
-                              persistent_workers=args.cache_dataset and args.num_workers > 0)
+        if info.enabled:
+            sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=args.seed)
+        else:
+            sampler = RandomSampler(train_set)
+        train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                  collate_fn=collate_fn, num_workers=args.num_workers, persistent_workers=persistent)
     val_loader = DataLoader(val_set, batch_size=args.eval_batch_size, sampler=SequentialSampler(val_set),
                             collate_fn=collate_fn, num_workers=args.num_workers)
     return train_loader, val_loader, sampler
@@ -237,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     for epoch in range(start_epoch, args.epochs):
         epoch_started = time.perf_counter()
         seed_everything(epoch_seed(args.seed, epoch, info.rank))
-        if isinstance(sampler, DistributedSampler):
+        if isinstance(sampler, DistributedSampler | GroupedBatchSampler):
             sampler.set_epoch(epoch)
         loader = islice(train_loader, args.max_iters) if args.max_iters else train_loader
         train_stats = train_one_epoch(

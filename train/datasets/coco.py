@@ -37,6 +37,15 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         raise PansegError(f"{path}: not a readable image ({exc})") from exc
 
 
+def image_size_from_header(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file's header: PIL reads no pixels; no EXIF rotation, as in ``open_rgb``."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError) as exc:
+        raise PansegError(f"{path}: cannot read the image header: {exc}") from exc
+
+
 def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Polygons, uncompressed RLE or compressed RLE -> H x W uint8 mask (several polygons are merged)."""
     if isinstance(segmentation, list) and not segmentation:
@@ -116,6 +125,13 @@ class CocoDetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def image_size(self, idx: int) -> tuple[int, int]:
+        """(width, height) of item ``idx`` from the JSON, without decoding it (for size-grouped batches)."""
+        info = self.coco.imgs[self.ids[idx]]
+        if "width" in info and "height" in info:
+            return int(info["width"]), int(info["height"])
+        return image_size_from_header(self.img_folder / info["file_name"])
 
     def __getitem__(self, idx: int):
         image_id = self.ids[idx]

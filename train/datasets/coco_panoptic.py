@@ -19,7 +19,7 @@ from torchvision.ops import masks_to_boxes
 
 from runtime.errors import PanopticFormatError
 from runtime.panoptic_format import load_panoptic_json, read_panoptic_png
-from train.datasets.coco import open_rgb
+from train.datasets.coco import image_size_from_header, open_rgb
 from train.datasets.transforms import Target
 
 
@@ -73,6 +73,14 @@ class CocoPanoptic(Dataset):
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def image_size(self, idx: int) -> tuple[int, int]:
+        """(width, height) of item ``idx`` from the JSON, without decoding it (for size-grouped batches)."""
+        ann = self.annotations[idx]
+        info = self.images.get(ann["image_id"]) or {}
+        if "width" in info and "height" in info:
+            return int(info["width"]), int(info["height"])
+        return image_size_from_header(self.image_path(ann))
 
     def image_path(self, ann: Mapping[str, Any]) -> Path:
         """The image named in the JSON's images list, else detr's guess: the PNG's name with .jpg."""

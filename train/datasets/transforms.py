@@ -11,7 +11,9 @@ Randomness comes from Python's ``random`` and torch's global generator, exactly 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -145,17 +147,33 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
-class RandomResize:
-    """Resize the short side to one of ``sizes``, chosen uniformly."""
+_BATCH_SCALE: ContextVar[int | None] = ContextVar("batch_scale", default=None)
 
-    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
+
+@contextmanager
+def batch_scale(size: int) -> Iterator[None]:
+    """Within this block, multi-scale resizes use ``size`` instead of drawing one (one scale per batch: see
+    train/datasets/grouped.py). Resizes built with ``batch_scaled=False`` (the crop branch's first one) ignore it."""
+    token = _BATCH_SCALE.set(size)
+    try:
+        yield
+    finally:
+        _BATCH_SCALE.reset(token)
+
+
+class RandomResize:
+    """Resize the short side to one of ``sizes``, chosen uniformly (or to the batch's scale, see ``batch_scale``)."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None, batch_scaled: bool = False) -> None:
         if not sizes:
             raise ValueError("RandomResize needs at least one size")
         self.sizes = list(sizes)
         self.max_size = max_size
+        self.batch_scaled = batch_scaled
 
     def __call__(self, image, target=None):
-        return resize(image, target, random.choice(self.sizes), self.max_size)
+        forced = _BATCH_SCALE.get() if self.batch_scaled else None
+        return resize(image, target, forced if forced is not None else random.choice(self.sizes), self.max_size)
 
     def __repr__(self) -> str:
         return f"RandomResize(sizes={self.sizes}, max_size={self.max_size})"
@@ -256,13 +274,14 @@ def build_transforms(
     """
     normalize = Compose([ToTensor(), Normalize()])
     if image_set == "train":
-        multiscale = RandomResize(scales, max_size=max_size)
+        multiscale = RandomResize(scales, max_size=max_size, batch_scaled=True)
         if crop is None:
             geometry: Transform = multiscale
         else:
             geometry = RandomSelect(
                 multiscale,
-                Compose([RandomResize(crop_resize), RandomSizeCrop(*crop), RandomResize(scales, max_size=max_size)]),
+                Compose([RandomResize(crop_resize), RandomSizeCrop(*crop),
+                         RandomResize(scales, max_size=max_size, batch_scaled=True)]),
             )
         return Compose([RandomHorizontalFlip(), geometry, normalize])
     if image_set == "val":
