@@ -128,6 +128,14 @@ def test_a_fixed_batch_axis_is_not_batched_the_triton_way(native_repository):
     assert '{ name: "images" data_type: TYPE_FP32 dims: [ 1, 3, -1, -1 ] }' in render_graph_config(configs["model"])
 
 
+def test_the_bundled_server_refuses_a_native_repository_naming_the_missing_backend(model, work, install):
+    repository = write_repository(model, work / "native_unservable", ServingSettings(engines="native")).repository
+    with pytest.raises(PansegError) as raised:
+        TritonServer(repository, install).start()
+    assert f"{repository}: panseg_detector needs the onnxruntime backend, panseg_masks needs the onnxruntime " \
+           f"backend, which {install.backends} lacks" in str(raised.value)
+
+
 # --------------------------------------------------------------------------------------------- BLS, for real
 
 STAND_IN_MODEL = '''"""Test stand-in for Triton's onnxruntime backend: the same model.onnx, run by panseg's ONNX Runtime

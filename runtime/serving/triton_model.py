@@ -2,8 +2,9 @@
 
 Runs inside Triton's stub process (``triton_python_backend_utils`` exists only there), in the execution environment
 named by the config's ``EXECUTION_ENV_PATH``; the generated ``model.py`` imports this class from the copy of the
-runtime kept in the version folder. A bad request gets its own ``TritonError`` naming the problem; the other
-requests of the batch are answered normally and the model keeps serving.
+runtime kept in the version folder. Its engine is the files in the version folder, or, in the native repository,
+the graph models it calls through BLS (``runtime.serving.native``). A bad request gets its own ``TritonError``
+naming the problem; the other requests of the batch are answered normally and the model keeps serving.
 """
 
 from __future__ import annotations
