@@ -10,6 +10,7 @@ onnxruntime. The native backends themselves never run here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -99,11 +100,25 @@ def test_gpu_instances_get_the_tensorrt_provider_with_profile_shapes_for_the_ser
     # The mask graph: up to 2 images x 10 queries kept, per-image tensors at strides 32 .. 4 of the largest image.
     assert '"trt_profile_max_shapes" value: "hs_kept:20x128,image_index:20,attn_keys:2x128x4x4,' in masks
     assert "fpn_s4:2x16x25x25" in masks
-    assert "panseg_detector" in (out / "README.md").read_text() and "not been served" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "`panseg_detector`: platform `onnxruntime_onnx`" in readme and "**Not run by panseg's tests:**" in readme
 
 
 def _descriptions(native_repository: Path) -> dict[str, GraphDescription]:
     return read_graph_descriptions(native_repository / MODEL_NAME / "1" / GRAPHS_FILE)
+
+
+def test_a_bad_graph_description_file_is_named_with_its_problem(native_repository, work):
+    bad = work / "graphs-bad.json"
+    bad.write_text(json.dumps({"detector": {"model_name": "panseg_detector"}, "masks": {}}))
+    with pytest.raises(PansegError, match=rf"{re.escape(str(bad))} \(detector\): not a graph description \(KeyError"):
+        read_graph_descriptions(bad)
+    bad.write_text(json.dumps({"masks": {}}))
+    with pytest.raises(PansegError, match=r"expected the roles model or detector\+masks, got \['masks'\]"):
+        read_graph_descriptions(bad)
+    bad.write_text("{")
+    with pytest.raises(PansegError, match="cannot read the graph descriptions"):
+        read_graph_descriptions(bad)
 
 
 def test_a_plan_is_a_tensorrt_plan_model_on_gpus_batched_up_to_its_profile(native_repository):
