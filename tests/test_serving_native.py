@@ -133,6 +133,14 @@ def test_a_plan_is_a_tensorrt_plan_model_on_gpus_batched_up_to_its_profile(nativ
         graph_model_configs(plans, GraphServing(kind="cpu"))
 
 
+def test_without_a_longest_side_the_tensorrt_provider_gets_no_profile_and_a_warning_says_so(native_repository):
+    graphs = _descriptions(native_repository)
+    with pytest.warns(RuntimeWarning, match="unbounded.*the graph models get no TensorRT profile shapes"):
+        configs, _ = graph_model_configs(graphs, GraphServing(kind="gpu", size=64, max_size="none"))
+    assert configs["detector"].tensorrt_accelerator == {} and configs["masks"].tensorrt_accelerator == {}
+    assert 'name: "tensorrt"\n  } ]' in render_graph_config(configs["masks"])
+
+
 def test_a_fixed_batch_axis_is_not_batched_the_triton_way(native_repository):
     detector = _descriptions(native_repository)["detector"]
     fixed = dataclasses.replace(detector, inputs=tuple(dataclasses.replace(s, shape=(1, *s.shape[1:]))

@@ -165,28 +165,30 @@ class GraphServing:
 
 def graph_model_configs(graphs: Mapping[str, GraphDescription],
                         serving: GraphServing) -> tuple[dict[str, GraphModelConfig], int]:
-    """Role -> config of each graph model, and the batch the ``panseg`` model may hand the detector."""
+    """Role -> config of each graph model, and the batch the ``panseg`` model may hand the detector.
+
+    ONNX Runtime on GPU instances gets the TensorRT provider with the profile shapes; Triton's onnxruntime backend
+    runs what TensorRT rejects on CUDA (its default provider for KIND_GPU), as the runtime's own provider order does."""
     kind = serving.kind
     detector = graphs.get("detector") or graphs["model"]
     detector_batch, panseg_batch = engine_batch(detector, serving.max_batch_size, serving.profile_max_batch)
-    profiles: dict[str, dict[str, TensorProfile]] = {}
+    platforms = {role: platform_for(graph.file) for role, graph in graphs.items()}
+    for role, platform in platforms.items():
+        if platform == TENSORRT_PLATFORM and kind != "gpu":
+            raise PansegError(f"{graphs[role].file}: a TensorRT plan runs on a GPU only; give --kind gpu")
+    with_provider = kind == "gpu" and ONNXRUNTIME_PLATFORM in platforms.values()
+    profiles = tensorrt_profiles(graphs, panseg_batch, serving.size, serving.max_size) if with_provider else {}
     configs = {}
     for role, graph in graphs.items():
-        platform = platform_for(graph.file)
-        if platform == TENSORRT_PLATFORM and kind != "gpu":
-            raise PansegError(f"{graph.file}: a TensorRT plan runs on a GPU only; give --kind gpu")
         accelerator = None
         parameters = {}
-        if platform == ONNXRUNTIME_PLATFORM:
+        if platforms[role] == ONNXRUNTIME_PLATFORM:
             if kind == "gpu":
-                if not profiles:
-                    profiles = (tensorrt_profiles(graphs, panseg_batch, serving.size, serving.max_size)
-                                or {r: {} for r in graphs})
-                accelerator = profile_options(profiles[role]) if profiles[role] else {}
+                accelerator = profile_options(profiles[role]) if profiles.get(role) else {}
             if serving.threads is not None:
                 parameters["intra_op_thread_count"] = str(serving.threads)
         batch = 0 if role == MASKS_ROLE else detector_batch
-        configs[role] = GraphModelConfig(graph.model_name, platform, batch,
+        configs[role] = GraphModelConfig(graph.model_name, platforms[role], batch,
                                          tensor_configs(graph.inputs, batch > 0, graph.file),
                                          tensor_configs(graph.outputs, batch > 0, graph.file),
                                          serving.instances, kind, serving.keep_versions, accelerator, parameters)
