@@ -1,6 +1,7 @@
 """``python -m export.triton MODEL -o REPO``: a Triton Inference Server model repository serving an exported model.
 
 ``config``: the config.pbtxt text; ``repository``: the folder (engine files, the runtime's code, model.py, README);
+``native``: with ``--engines native``, the graph models for Triton's onnxruntime_onnx / tensorrt_plan backends;
 the model that runs inside Triton is ``runtime.serving.triton_model`` (torch-free, copied into the repository).
 """
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from export.triton.config import INSTANCE_KINDS, ModelConfig
 from export.triton.repository import ServingSettings, write_repository
 from runtime.errors import PansegError
+from runtime.serving.protocol import ENGINES, ENGINES_PYTHON, MODEL_NAME
 from runtime.serving.server import default_install
 from runtime.subcommands import non_negative_int, positive_int, report_errors
 
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="limit the longer side to N, or 'none' (default: the model's)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads per instance (default: one per physical core)")
+    parser.add_argument("--engines", choices=ENGINES, default=ENGINES_PYTHON,
+                        help="where the graphs run: python (default): inside the panseg model; native: as their own "
+                             "onnxruntime_onnx / tensorrt_plan models (GPU servers), called by it through BLS")
     parser.add_argument("--execution-env", metavar="PATH", default=None,
                         help="the Python 3.11 environment the model runs in on the server (default: the one "
                              "panseg-rt serve makes in the panseg cache)")
@@ -59,10 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              queue_delay_us=args.queue_delay_us, instances=args.instances, kind=args.kind,
                              keep_versions=args.keep_versions,
                              execution_env=args.execution_env or str(default_install().execution_env))
-        settings = ServingSettings(size=args.size, max_size=args.max_size, threads=args.threads, config=config)
+        settings = ServingSettings(size=args.size, max_size=args.max_size, threads=args.threads, config=config,
+                                   engines=args.engines)
         result = write_repository(args.model, args.output, settings, args.version)
-        print(f"{PROG}: wrote {result.repository} (model version {result.version_dir.name}: "
-              f"{', '.join(p.name for p in result.engine_files)}); serve it with: panseg-rt serve {result.repository}")
+        models = ", ".join([MODEL_NAME, *(p.parent.name for p in result.graph_configs.values())])
+        print(f"{PROG}: wrote {result.repository} (models {models}, version {result.version_dir.name}: "
+              f"{', '.join(p.name for p in result.engine_files)}); serve it with: "
+              + ("a tritonserver with the onnxruntime/tensorrt backends (see its README.md)" if result.graph_configs
+                 else f"panseg-rt serve {result.repository}"))
         return 0
 
     return report_errors(PROG, body)

@@ -46,6 +46,14 @@ def _parameter(key: str, value: str) -> str:
     return f"  {{ key: {pbtxt_string(key)} value: {{ string_value: {pbtxt_string(value)} }} }}"
 
 
+def instance_group(count: int, kind: str) -> str:
+    return f"instance_group [ {{ count: {count} kind: {INSTANCE_KINDS[kind]} }} ]"
+
+
+def version_policy(keep_versions: int) -> str:
+    return f"version_policy: {{ latest: {{ num_versions: {keep_versions} }} }}"
+
+
 def render_config(config: ModelConfig) -> str:
     """config.pbtxt of the ``panseg`` Python-backend model."""
     if config.kind not in INSTANCE_KINDS:
@@ -66,8 +74,8 @@ def render_config(config: ModelConfig) -> str:
         f"  {{ name: {pbtxt_string(PANOPTIC_PNG)} data_type: TYPE_STRING dims: [ 1 ] }},",
         f"  {{ name: {pbtxt_string(SEGMENTS_INFO)} data_type: TYPE_STRING dims: [ 1 ] }}",
         "]",
-        f"instance_group [ {{ count: {config.instances} kind: {INSTANCE_KINDS[config.kind]} }} ]",
-        f"version_policy: {{ latest: {{ num_versions: {config.keep_versions} }} }}",
+        instance_group(config.instances, config.kind),
+        version_policy(config.keep_versions),
     ]
     if config.dynamic_batching and config.max_batch_size > 0:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {config.queue_delay_us} }}")

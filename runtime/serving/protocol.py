@@ -21,6 +21,20 @@ PARAM_SIZE = "size"  # resize: shorter side ("" = the model's)
 PARAM_MAX_SIZE = "max_size"  # resize: longer side limit ("" = the model's, "none" = no limit)
 PARAM_THREADS = "threads"  # ONNX Runtime intra-op threads per instance ("" = one per physical core)
 PARAM_CATEGORIES = "categories"  # the model's categories as COCO JSON, for clients writing predictions.json
+PARAM_ENGINES = "engines"  # where the graphs run: ENGINES_PYTHON or ENGINES_NATIVE ("" = python)
 EXECUTION_ENV_PATH = "EXECUTION_ENV_PATH"  # Triton's Python backend: the environment its stub runs in
 
 ENGINE_DIR = "engine"  # inside the version folder
+
+# Where the graphs run. python: inside the panseg model (ONNX Runtime or TensorRT in its own process). native: each
+# graph is its own Triton model in Triton's onnxruntime_onnx / tensorrt_plan backend, called by the panseg model
+# through BLS; the panseg model's version folder then holds GRAPHS_FILE instead of engine/.
+ENGINES_PYTHON = "python"
+ENGINES_NATIVE = "native"
+ENGINES = (ENGINES_PYTHON, ENGINES_NATIVE)
+GRAPHS_FILE = "graphs.json"  # role ("detector", "masks"; "model" for a single graph) -> the graph's description
+
+
+def graph_model_name(role: str) -> str:
+    """The Triton model serving one graph of the native variant: ``panseg_detector``, ``panseg_masks``."""
+    return f"{MODEL_NAME}_{role}"

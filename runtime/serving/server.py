@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -215,6 +216,27 @@ def stub_processes(server_pid: int) -> dict[int, bool]:
     return stubs
 
 
+# Triton's backend folder for each model platform (a config names either a platform or a backend).
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch",
+                     "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow"}
+_BACKEND_OF = re.compile(r'^(platform|backend): "([^"]+)"', re.MULTILINE)
+
+
+def missing_backends(repository: Path, backends: Path) -> dict[str, str]:
+    """Model -> the backend its config needs that ``backends`` lacks (the bundled server has the python backend only,
+    so a native repository's graph models cannot load on it; Triton would only say so in its log)."""
+    missing = {}
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        match = _BACKEND_OF.search(config.read_text(encoding="utf-8", errors="replace"))
+        if match is None:
+            continue
+        backend = PLATFORM_BACKENDS.get(match.group(2), match.group(2)) if match.group(1) == "platform" \
+            else match.group(2)
+        if not (backends / backend).is_dir():
+            missing[config.parent.name] = backend
+    return missing
+
+
 class TritonServer:
     """A tritonserver process on ``repository``, on loopback: ``start`` waits until it is ready, ``stop`` ends it.
     Its log goes to ``log_path`` (default: ``server-<http port>.log`` in the install's root folder).
@@ -271,6 +293,11 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> TritonServer:
         if not self.install.server_ready():
             raise PansegError(f"{self.install.root}: no Triton server installed there (panseg-rt serve --install)")
+        missing = missing_backends(self.repository, self.install.backends)
+        if missing:
+            listed = ", ".join(f"{model} needs the {backend} backend" for model, backend in missing.items())
+            raise PansegError(f"{self.repository}: {listed}, which {self.install.backends} lacks (this server has "
+                              f"the python backend only; serve a native repository with a full tritonserver)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,

@@ -28,7 +28,7 @@ from PIL import Image
 from runtime.atomic import dumps_json
 from runtime.errors import PansegError
 from runtime.inputs import Failure, probe_size
-from runtime.model import load_model
+from runtime.model import PanopticModel, load_model
 from runtime.outputs import ImageJob
 from runtime.panoptic_format import id2rgb
 from runtime.pipeline import InferOptions, Pipeline
@@ -64,10 +64,12 @@ class PanopticService:
     """A loaded model and the resize settings it serves with; ``segment`` answers a batch of image requests, each
     with a ``Segmented`` or a one-line error message (a bad image never fails the others)."""
 
-    def __init__(self, engine: str | os.PathLike, backend: str | None = None,
+    def __init__(self, engine: str | os.PathLike | PanopticModel, backend: str | None = None,
                  backend_options: Mapping[str, Any] | None = None, size: int | None = None,
                  max_size: int | None | str = "model", max_batch: int = 8) -> None:
-        self.model = load_model(engine, backend, backend_options)
+        """``engine``: an engine file to load, or a model loaded already (the native repository's, whose graphs are
+        other Triton models); either way the service owns it and closes it."""
+        self.model = engine if isinstance(engine, PanopticModel) else load_model(engine, backend, backend_options)
         self.defaults = InferOptions(size=size, apply_exif=True, progress=False, prefetch=False)
         if max_size != "model":
             self.defaults.max_size = max_size
@@ -130,7 +132,12 @@ class PanopticService:
                     answers[_index_of(failure, jobs)] = _message(str(failure), Path(failure.path))
                 if not batch.jobs:
                     continue
-                kept = pipeline.run_engine(batch)
+                try:
+                    kept = pipeline.run_engine(batch)
+                except PansegError as exc:  # the engine failed (e.g. a graph model is down): these images' error
+                    for job in batch.jobs:
+                        answers[int(job.image_id)] = _message(str(exc), job.path)
+                    continue
                 for j, job in enumerate(batch.jobs):
                     try:
                         result = pipeline.postprocess(kept[j], batch.processed[j], batch.original[j])

@@ -2,8 +2,9 @@
 
 Runs inside Triton's stub process (``triton_python_backend_utils`` exists only there), in the execution environment
 named by the config's ``EXECUTION_ENV_PATH``; the generated ``model.py`` imports this class from the copy of the
-runtime kept in the version folder. A bad request gets its own ``TritonError`` naming the problem; the other
-requests of the batch are answered normally and the model keeps serving.
+runtime kept in the version folder. Its engine is the files in the version folder, or, in the native repository,
+the graph models it calls through BLS (``runtime.serving.native``). A bad request gets its own ``TritonError``
+naming the problem; the other requests of the batch are answered normally and the model keeps serving.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import PansegError
+from runtime.serving.native import load_native_model
 from runtime.serving.protocol import (
     ENGINE_DIR,
+    ENGINES_NATIVE,
     IMAGE,
     NMS_IOU,
     PANOPTIC_PNG,
     PARAM_BACKEND,
     PARAM_ENGINE,
+    PARAM_ENGINES,
     PARAM_MAX_SIZE,
     PARAM_SIZE,
     PARAM_THREADS,
@@ -36,17 +40,23 @@ def config_parameters(config: dict[str, Any]) -> dict[str, str]:
     return {k: str(v.get("string_value", "")) for k, v in config.get("parameters", {}).items()}
 
 
-def service_from_parameters(version_dir: Path, params: dict[str, str], max_batch: int) -> PanopticService:
-    """The service the config describes: the engine in ``version_dir/engine`` with its resize and thread settings."""
+def service_from_parameters(version_dir: Path, params: dict[str, str], max_batch: int,
+                            pb_utils: Any = None) -> PanopticService:
+    """The service the config describes, with its resize and thread settings: on the engine in
+    ``version_dir/engine``, or (native repository) on the graphs its description names, called through BLS with
+    ``pb_utils``."""
+    max_size: int | None | str = "model"
+    if params.get(PARAM_MAX_SIZE):
+        max_size = None if params[PARAM_MAX_SIZE] == "none" else int(params[PARAM_MAX_SIZE])
+    size = int(params[PARAM_SIZE]) if params.get(PARAM_SIZE) else None
+    if params.get(PARAM_ENGINES) == ENGINES_NATIVE:
+        return PanopticService(load_native_model(version_dir, pb_utils), size=size, max_size=max_size,
+                               max_batch=max_batch)
     threads = params.get(PARAM_THREADS, "")
     engine = version_dir / ENGINE_DIR / params[PARAM_ENGINE]
     options: dict[str, Any] = {}
     if threads and engine.suffix == ".onnx":
         options["intra_op_threads"] = int(threads)
-    max_size: int | None | str = "model"
-    if params.get(PARAM_MAX_SIZE):
-        max_size = None if params[PARAM_MAX_SIZE] == "none" else int(params[PARAM_MAX_SIZE])
-    size = int(params[PARAM_SIZE]) if params.get(PARAM_SIZE) else None
     return PanopticService(engine, params.get(PARAM_BACKEND) or None, options, size, max_size, max_batch)
 
 
@@ -60,7 +70,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.service = service_from_parameters(version_dir, config_parameters(config),
-                                               max(1, int(config.get("max_batch_size", 1))))
+                                               max(1, int(config.get("max_batch_size", 1))), pb_utils)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         parsed: list[list[ImageRequest] | str] = [self._parse(r) for r in requests]
