@@ -145,3 +145,22 @@ def test_the_bound_hand_off_refuses_a_closed_backend(pair_paths):
     images, mask = random_padded_batch([(64, 64)], 6)
     with pytest.raises(PansegError, match="used after close"):
         det.infer_bound({"images": images, "padding_mask": mask}, [FPN_S4], keep=[FPN_S4])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs onnxruntime-gpu and an NVIDIA GPU")
+def test_on_cuda_the_per_image_tensors_stay_on_the_gpu_and_the_results_match(pair_paths):
+    options = {**ORT, "providers": ("cuda",)}
+    images, mask = random_padded_batch([(64, 48), (40, 64)], 7)
+    feeds = {"images": images, "padding_mask": mask}
+    with OnnxRuntimeBackend(pair_paths[0], **options) as det, OnnxRuntimeBackend(pair_paths[1], **options) as masks:
+        assert det.device_location == masks.device_location == ("cuda", 0)
+        bound = det.infer_bound(feeds, list(DETECTOR_OUTPUTS), keep=PER_IMAGE_INPUTS)
+        assert all(bound[n].value.device_name().lower() == "cuda" for n in PER_IMAGE_INPUTS)
+        got = OnnxRuntimePair(det, masks).run(feeds, 0.0)
+        want = run_query_sparse(det.infer, masks.infer, feeds, 0.0)
+    assert got.kept_counts == want.kept_counts == [TINY.num_queries] * 2
+    for g, w in zip(got.kept, want.kept, strict=True):
+        np.testing.assert_array_equal(g.indices, w.indices)
+        np.testing.assert_allclose(g.masks, w.masks, rtol=1e-5, atol=1e-5)  # same kernels; CUDA may reorder sums

@@ -46,7 +46,7 @@ step build_cold "$PY" -m export.tensorrt "$ONNX" -o "$PLAN" "${PROFILE[@]}" --ti
     --quiet
 step build_warm "$PY" -m export.tensorrt "$ONNX" -o "$PLAN" "${PROFILE[@]}" --timing-cache "$WORK/timing.cache" \
     --inspect --quiet
-step pytest_gpu "$PY" -m pytest tests/test_tensorrt_gpu.py -m gpu -q -p no:cacheprovider
+step pytest_gpu "$PY" -m pytest tests/test_tensorrt_gpu.py tests/test_onnxruntime_pair.py -m gpu -q -p no:cacheprovider
 step soak "$PY" tests/gpu/acceptance.py soak "$PLAN" "$ONNX" 200
 step bench panseg-rt bench --engine "$PLAN" --shape 384x512 --iterations 50 --warmup 5 --json "$WORK/bench.json" \
     --no-progress
