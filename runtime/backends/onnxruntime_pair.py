@@ -31,9 +31,9 @@ class OnnxRuntimePair:
 
     def __init__(self, detector: OnnxRuntimeBackend, masks: OnnxRuntimeBackend) -> None:
         if detector.device_location != masks.device_location:
-            raise PansegError(f"{masks.path}: the mask graph runs on {masks.device_location}, its detector "
-                              f"{detector.path} on {detector.device_location}; the pair shares tensors and needs one "
-                              "device")
+            raise PansegError(f"{masks.path}: the mask graph runs on {':'.join(map(str, masks.device_location))}, its "
+                              f"detector {detector.path} on {':'.join(map(str, detector.device_location))}; the pair "
+                              "shares tensors and needs one device")
         self.detector, self.masks = detector, masks
 
     def run(self, feeds: Mapping[str, np.ndarray], threshold: float, is_thing: Mapping[int, bool] | None = None,
