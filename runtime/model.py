@@ -116,6 +116,16 @@ def _device_pair(detector: Backend, masks: Backend | None) -> Any:
     return TensorRTPair(detector, masks)  # type: ignore[arg-type]
 
 
+def _bound_pair(detector: Backend, masks: Backend | None) -> Any:
+    """An ONNX Runtime query-sparse pair whose per-image tensors are handed over as ONNX Runtime's own tensors, on the
+    sessions' device (runtime/backends/onnxruntime_pair.py); None for any other model."""
+    if masks is None or detector.name != "onnxruntime" or masks.name != "onnxruntime":
+        return None
+    from runtime.backends.onnxruntime_pair import OnnxRuntimePair
+
+    return OnnxRuntimePair(detector, masks)  # type: ignore[arg-type]
+
+
 class PanopticModel:
     """An exported panoptic model, loaded and checked: its graphs (one, or the query-sparse pair), metadata and input
     shape. Close it (or use ``with``) to free both engines."""
@@ -131,6 +141,7 @@ class PanopticModel:
         self.feeds_padding_mask = any(s.name == PADDING_MASK for s in detector.input_specs())
         self._stack = stack
         self.device_pair = _device_pair(detector, masks)  # both TensorRT: the hand-off stays on the GPU
+        self.bound_pair = _bound_pair(detector, masks)  # both ONNX Runtime: the hand-off through IO binding
 
     @property
     def query_sparse(self) -> bool:
@@ -168,6 +179,8 @@ class PanopticModel:
         is_thing = self.info.is_thing
         if self.device_pair is not None:
             return self.device_pair.run(feeds, threshold, is_thing, nms_iou, select)
+        if self.bound_pair is not None:
+            return self.bound_pair.run(feeds, threshold, is_thing, nms_iou, select)
         if self.masks is not None:
             return run_query_sparse(self.detector.infer, self.masks.infer, feeds, threshold, is_thing, nms_iou, select)
         out = self.detector.infer(feeds, list(SINGLE_GRAPH_OUTPUTS))

@@ -37,7 +37,9 @@ from runtime.contract import (
 from runtime.errors import PansegError
 from runtime.postprocess import KeptQueries, ModelOutputs, select_queries
 
-RunGraph = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]  # (feeds, output names) -> outputs
+# (feeds, output names) -> outputs. The detector's per-image outputs need not be numpy: anything with a ``shape``
+# that the mask run takes back (runtime/backends/onnxruntime_pair.py hands over ONNX Runtime's own tensors).
+RunGraph = Callable[[dict[str, Any], list[str]], Mapping[str, Any]]
 # One image's Q x (C+1) logits and Q x 4 boxes -> (kept query indices ascending, their scores, their labels).
 QuerySelector = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -71,8 +73,8 @@ def kept_pairs(keep: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return image_index, query_index
 
 
-def mask_graph_feeds(detector_outputs: Mapping[str, np.ndarray], image_index: np.ndarray,
-                     query_index: np.ndarray) -> dict[str, np.ndarray]:
+def mask_graph_feeds(detector_outputs: Mapping[str, Any], image_index: np.ndarray,
+                     query_index: np.ndarray) -> dict[str, Any]:
     """The mask graph's inputs for the kept (image, query) pairs of a batch, from the detector's outputs."""
     feeds = {HS_KEPT: np.ascontiguousarray(detector_outputs[HS][image_index, query_index]), IMAGE_INDEX: image_index}
     feeds.update({name: detector_outputs[name] for name in PER_IMAGE_INPUTS})

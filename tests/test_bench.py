@@ -318,20 +318,24 @@ def test_feeds_are_seeded_normalized_and_padded_on_the_right(tmp_path):
 
 
 def _counting_backends(monkeypatch) -> dict[str, list[dict[str, tuple[int, ...]]]]:
-    """Wrap every backend load_model makes so that each infer call is logged (the shapes it was fed), per file name."""
+    """Wrap every backend load_model makes so that each infer call is logged (the shapes it was fed), per file name.
+    An ONNX Runtime pair runs its graphs through ``infer_bound`` (IO binding): those calls are logged too."""
     calls: dict[str, list[dict[str, tuple[int, ...]]]] = {}
     real_select = model_module.select_backend
+
+    def counting(log, run):
+        def counted(feeds, outputs, **options):
+            log.append({name: array.shape for name, array in feeds.items()})
+            return run(feeds, outputs, **options)
+
+        return counted
 
     def counting_select(path, *args, **kwargs):
         backend = real_select(path, *args, **kwargs)
         log = calls.setdefault(Path(path).name, [])
-        infer = backend.infer
-
-        def counted(feeds, outputs):
-            log.append({name: array.shape for name, array in feeds.items()})
-            return infer(feeds, outputs)
-
-        backend.infer = counted
+        for method in ("infer", "infer_bound"):
+            if hasattr(backend, method):
+                setattr(backend, method, counting(log, getattr(backend, method)))
         return backend
 
     monkeypatch.setattr(model_module, "select_backend", counting_select)

@@ -116,8 +116,9 @@ def load_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as exc:
         raise PansegError(f"tensorrt is not installed ({exc}): building engines needs TensorRT "
-                          f"{'.'.join(map(str, MIN_TENSORRT))}+ and an NVIDIA GPU (pip install 'panseg[gpu]'); "
-                          "--dry-run prints the profile and the trtexec command without it") from exc
+                          f"{'.'.join(map(str, MIN_TENSORRT))}+ and an NVIDIA GPU (pip install 'panseg[gpu-cu13]', or "
+                          "'panseg[gpu-cu12]' on a CUDA 12 driver); --dry-run prints the profile and the trtexec "
+                          "command without it") from exc
     if parse_version(trt.__version__)[:2] < MIN_TENSORRT:
         raise PansegError(f"TensorRT {trt.__version__} is too old: strongly typed builds need "
                           f"{'.'.join(map(str, MIN_TENSORRT))}+")

@@ -14,15 +14,16 @@ import os
 import platform
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, TensorSpec
-from runtime.backends.tensorrt_ep import profiles_or_warn, provider_options, with_cuda_fallback
+from runtime.backends.base import Backend, TensorSpec, check_feeds, check_output_names
+from runtime.backends.tensorrt_ep import CUDA_EP, TENSORRT_EP, profiles_or_warn, provider_options, with_cuda_fallback
 from runtime.cache_dir import model_cache_dir
 from runtime.contract import KEY_MASK_GRAPH_OF
 from runtime.errors import PansegError
@@ -57,6 +58,22 @@ ORT_TYPES = {
     "tensor(bool)": np.bool_,
     "tensor(string)": np.object_,
 }
+
+
+@dataclass(frozen=True)
+class OrtTensor:
+    """An output left where ONNX Runtime put it (host or GPU memory) so that another session reads it in place."""
+
+    value: Any  # onnxruntime.OrtValue
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape())
+
+    def shape_proxy(self) -> np.ndarray:
+        """A zero-byte stand-in with this tensor's dtype and shape, for the usual feed checks (``check_feeds``)."""
+        dtype = ORT_TYPES.get(self.value.data_type(), np.float32)
+        return np.broadcast_to(np.zeros((), dtype), self.shape)
 
 
 def _installed_version(dist: str) -> str | None:
@@ -385,6 +402,45 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise PansegError(f"{self.path}: inference failed ({_short_error(exc)})") from exc
         return dict(zip(outputs, values, strict=True))
+
+    @property
+    def device_location(self) -> tuple[str, int]:
+        """Where outputs kept for another session live: ONNX Runtime's ("cuda", device) with the CUDA or TensorRT
+        provider, else ("cpu", 0)."""
+        return ("cuda", self.device) if {CUDA_EP, TENSORRT_EP} & set(self.providers) else ("cpu", 0)
+
+    def infer_bound(self, feeds: Mapping[str, np.ndarray | OrtTensor], outputs: Sequence[str],
+                    keep: Collection[str] = ()) -> dict[str, np.ndarray | OrtTensor]:
+        """``infer`` through ONNX Runtime's IO binding: the outputs named in ``keep`` stay where this session's
+        provider puts them (:attr:`device_location`) and come back as :class:`OrtTensor`; the others as numpy. Feeds
+        may be such tensors from another session on the same device: they are bound in place, never copied."""
+        if self._closed:
+            raise PansegError(f"{self.path}: {self.name} backend used after close()")
+        proxies = {n: v.shape_proxy() if isinstance(v, OrtTensor) else v for n, v in feeds.items()}
+        checked = check_feeds(self.input_specs(), proxies, self.path)
+        names = check_output_names(self.output_specs(), outputs, self.path)
+        binding = self._session.io_binding()
+        held = []  # the host arrays bound below must outlive the run
+        for name in checked:
+            value = feeds[name]
+            if isinstance(value, OrtTensor):
+                binding.bind_ortvalue_input(name, value.value)
+            else:
+                held.append(np.ascontiguousarray(checked[name]))
+                binding.bind_cpu_input(name, held[-1])
+        device, device_id = self.device_location
+        for name in names:
+            if name in keep:
+                binding.bind_output(name, device, device_id)
+            else:
+                binding.bind_output(name, "cpu")
+        try:
+            self._session.run_with_iobinding(binding)
+            values = binding.get_outputs()
+        except Exception as exc:
+            raise PansegError(f"{self.path}: inference failed ({_short_error(exc)})") from exc
+        return {name: OrtTensor(value) if name in keep else value.numpy()
+                for name, value in zip(names, values, strict=True)}
 
     def _release(self) -> None:
         # ORT has no explicit close; dropping the last reference frees the session and its arena.

@@ -49,8 +49,9 @@ def select_backend(path: str | os.PathLike, backend: str | None = None, **option
     try:
         from runtime.backends.tensorrt_backend import TensorRTBackend
     except ImportError as exc:  # tensorrt or cuda-python is missing
-        raise PansegError(f"TensorRT backend not available: {exc} (needed for {path}; install panseg[gpu] on a "
-                          "machine with an NVIDIA GPU, or run the .onnx model with onnxruntime)") from exc
+        from runtime.backends.tensorrt_cuda import INSTALL_HINT, UNAVAILABLE
+
+        raise PansegError(f"{UNAVAILABLE}: {exc} (needed for {path}; {INSTALL_HINT})") from exc
     return TensorRTBackend(path, **options)
 
 

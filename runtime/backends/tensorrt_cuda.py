@@ -22,12 +22,11 @@ from runtime.errors import PansegError
 from runtime.trt_sidecar import GpuInfo
 
 UNAVAILABLE = "TensorRT backend not available"
-INSTALL_HINT = ("install panseg[gpu] (tensorrt, cuda-python) on a machine with an NVIDIA GPU, or run the .onnx model "
-                "with onnxruntime")
+INSTALL_HINT = ("install panseg[gpu-cu13] or panseg[gpu-cu12] (TensorRT and cuda-python for the driver's CUDA) on a "
+                "machine with an NVIDIA GPU, or run the .onnx model with onnxruntime")
 INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver
 DRIVER_HINT = ("no NVIDIA driver, or one older than the CUDA that cuda-python/TensorRT were built for: on a CUDA 12 "
-               "driver install the CUDA 12 builds (pip install 'cuda-python>=12.6,<13' tensorrt-cu12), or update the "
-               "driver (CUDA 13 needs 580+)")
+               "driver install the CUDA 12 builds (panseg[gpu-cu12]), or update the driver (CUDA 13 needs 580+)")
 
 
 def import_cudart() -> Any:

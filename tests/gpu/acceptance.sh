@@ -3,8 +3,8 @@
 # 5-8 minutes, most of it engine builds). It has NOT been run in this repository's CI, which has no GPU.
 #
 # Prerequisites (README, "GPU machines"): an NVIDIA driver, and in the active Python environment
-#   pip install -e ".[train,export,dev]" plus TensorRT + cuda-python for the driver's CUDA (panseg[gpu] for CUDA 13,
-#   tensorrt-cu12 + cuda-python 12.x for CUDA 12), and onnxruntime-gpu instead of onnxruntime.
+#   pip install --extra-index-url https://pypi.nvidia.com -e ".[train,export,dev,gpu-cu13]" (gpu-cu12 on a CUDA 12
+#   driver), and onnxruntime-gpu instead of onnxruntime.
 #
 # Usage: tests/gpu/acceptance.sh [WORK_DIR]     (default: a fresh temporary folder; kept for inspection)
 # Steps: environment -> cuda-python plumbing -> tiny export -> TensorRT builds of the query-sparse pair (cold, then
@@ -46,7 +46,7 @@ step build_cold "$PY" -m export.tensorrt "$ONNX" -o "$PLAN" "${PROFILE[@]}" --ti
     --quiet
 step build_warm "$PY" -m export.tensorrt "$ONNX" -o "$PLAN" "${PROFILE[@]}" --timing-cache "$WORK/timing.cache" \
     --inspect --quiet
-step pytest_gpu "$PY" -m pytest tests/test_tensorrt_gpu.py -m gpu -q -p no:cacheprovider
+step pytest_gpu "$PY" -m pytest tests/test_tensorrt_gpu.py tests/test_onnxruntime_pair.py -m gpu -q -p no:cacheprovider
 step soak "$PY" tests/gpu/acceptance.py soak "$PLAN" "$ONNX" 200
 step bench panseg-rt bench --engine "$PLAN" --shape 384x512 --iterations 50 --warmup 5 --json "$WORK/bench.json" \
     --no-progress
