@@ -131,10 +131,10 @@ def test_printed_commands_are_the_ones_run_and_parse_as_shell(quick):
         assert f"$ {line}\n" in stdout
         shlex.split(line)
     # Training flags are the recipe's, verbatim.
-    from train.recipes import RECIPES
+    from train.recipes import quick_recipe
 
     data, stage1 = str(quick["out"] / "data"), str(quick["out"] / "stage1")
-    assert any(line.endswith(shlex.join(RECIPES["quick"].stage1_args(data, stage1))) for line in commands)
+    assert any(line.endswith(shlex.join(quick_recipe().stage1_args(data, stage1))) for line in commands)
     for k, name in enumerate(STAGES, start=1):
         assert f"[{k}/{len(STAGES) + 1}] {name}" in stdout
 
@@ -314,7 +314,9 @@ def test_command_is_shown_with_python_and_quoted(tmp_path):
 def test_commands_are_shown_relative_to_the_repository():
     """Summaries are committed: a demo whose output folder is inside the checkout must not print or record the
     checkout's path (the commands still run with the real paths)."""
-    lines = [line for stage in demo.plan(REPO / "demo", "quick") for line in stage.shell_lines()]
+    from train.recipes import quick_recipe
+
+    lines = [line for stage in demo.plan(REPO / "demo", "quick", quick_recipe()) for line in stage.shell_lines()]
     assert len(lines) >= len(STAGES) + 2
     assert not [line for line in lines if str(REPO) in line]
     assert lines[0].startswith(f"{shlex.quote(python_name())} -m train.prepare synthetic -o demo/data ")
@@ -392,7 +394,7 @@ def test_summary_states_the_cpu_and_every_target_including_time():
 
     info = machine()
     text = render_markdown(_summary(25 * 60, machine=info))
-    assert info["cpu"] in text and f"training in {info['training_precision']}" in text
+    assert info["cpu"] in text and f"recipe {info['recipe']}, training in {info['training_precision']}" in text
     targets = next(line for line in text.splitlines() if line.startswith("Targets: "))
     assert "All PQ >= 55.0 (met)" in targets and "Things PQ >= 25.0 (met)" in targets
     assert "training <= 12 min (10.5 min: met)" in targets
@@ -403,18 +405,40 @@ def test_summary_states_the_cpu_and_every_target_including_time():
     assert "whole demo" not in render_markdown(_summary(5, status="reused"))
 
 
-def test_recipe_precision_follows_the_cpu_probe(monkeypatch):
-    import importlib
-
+def test_recipe_follows_the_cpu_probe(monkeypatch):
+    """demo-bf16 only where the CPU has native bfloat16 (the probe faked both ways); demo-fp32 everywhere else."""
     import train.amp
-    import train.recipes
+    from train import recipes
 
-    try:
-        for has_bf16, precision in ((True, "bfloat16"), (False, "float32")):
-            monkeypatch.setattr(train.amp, "cpu_supports_bfloat16", lambda v=has_bf16: v)
-            recipes = importlib.reload(train.recipes)
-            assert recipes.TRAINING_PRECISION == precision and recipes.machine()["bfloat16"] is has_bf16
-            assert ("--amp" in recipes.RECIPES["demo"].model) is has_bf16  # both stages take the model flags
-    finally:
-        monkeypatch.undo()
-        importlib.reload(train.recipes)
+    for has_bf16, name, precision in ((True, "demo-bf16", "bfloat16"), (False, "demo-fp32", "float32")):
+        monkeypatch.setattr(train.amp, "cpu_supports_bfloat16", lambda v=has_bf16: v)
+        monkeypatch.setattr(recipes, "cpu_supports_bfloat16", lambda v=has_bf16: v)
+        recipe = recipes.demo_recipe()
+        assert (recipe.name, recipe.precision) == (name, precision)
+        assert ("--amp" in recipe.stage1_args("d", "o")) is has_bf16
+        assert ("--amp" in recipe.stage2_args("d", "o", "c")) is has_bf16  # both stages take the model flags
+        assert ("--amp" in recipes.quick_recipe().model) is has_bf16
+        info = recipes.machine()
+        assert info["recipe"] == name and info["training_precision"] == precision and info["bfloat16"] is has_bf16
+        assert recipes.demo_recipe("demo-fp32").precision == "float32"  # float32 can be asked for anywhere
+    with pytest.raises(PansegError, match="demo-bf16 trains in bfloat16.*use demo-fp32"):
+        recipes.demo_recipe("demo-bf16")  # the probe still says no bfloat16
+    with pytest.raises(PansegError, match="unknown recipe"):
+        recipes.demo_recipe("demo-fp64")
+
+
+def test_cpu_features_name_what_the_flags_say():
+    from train.recipes import cpu_features
+
+    assert cpu_features({"avx2", "fma"}) == "AVX2; no AVX-512, no VNNI, no AVX512-BF16, no AMX"
+    assert cpu_features({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}) == \
+        "AVX2, AVX-512, VNNI, AVX512-BF16, AMX"
+
+
+def test_fp32_recipe_trains_the_same_model_with_less_work_per_epoch():
+    """demo-fp32 differs from demo-bf16 only in precision, DC5 and batching: the same detr architecture otherwise."""
+    from train.recipes import DEMO_RECIPES
+
+    bf16, fp32 = DEMO_RECIPES["demo-bf16"], DEMO_RECIPES["demo-fp32"]
+    assert set(bf16.model) ^ set(fp32.model) == {"--amp", "--dilation", "--group_batches"}
+    assert "--dilation" in bf16.model and "--group_batches" in fp32.model

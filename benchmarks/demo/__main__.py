@@ -28,26 +28,25 @@ from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
 from runtime.errors import PansegError
 from runtime.subcommands import ArgumentParser, add_deprecated, report_errors
 from runtime.timefmt import format_duration
-from train.recipes import RECIPES, machine
+from train.recipes import DEMO_RECIPES, Recipe, demo_recipe, machine, quick_recipe
 
 PROG = "python -m benchmarks.demo"
 NMS_IOU = "0.5"  # the demo's extra run with panseg-rt infer --nms-iou (a common NMS IoU; not tuned on the val set)
 
 # Per size: the dataset (train.prepare synthetic flags), the recipe, export verification and the benchmark's extent.
 SIZES = {
-    "full": {"dataset": [], "recipe": "demo", "verify": [], "bench_images": 4,
+    "full": {"dataset": [], "verify": [], "bench_images": 4,
              "bench": ["--iterations", "10", "--warmup", "1"]},
-    "quick": {"dataset": ["--train", "256", "--val", "16", "--size", "64"], "recipe": "quick",
+    "quick": {"dataset": ["--train", "256", "--val", "16", "--size", "64"],
               "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "bench_images": 2,
               "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
 }
 
 
-def plan(out: Path, size: str) -> list[Stage]:
+def plan(out: Path, size: str, recipe: Recipe) -> list[Stage]:
     """The demo's stages in order, each with the files it reads and the files that prove it finished."""
     py = sys.executable
     cfg = SIZES[size]
-    recipe = RECIPES[cfg["recipe"]]
     data, ann = out / "data", out / "data" / "annotations"
     gt_json, gt_folder, val_images = ann / "panoptic_val2017.json", data / "panoptic_val2017", data / "val2017"
     dataset_files = tuple(ann / f"{kind}_{split}2017.json" for kind in ("instances", "panoptic")
@@ -104,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, default=Path("demo"), help="output folder (default: demo/)")
     add_deprecated(parser, "--out", "-o/--output", type=Path)
     parser.add_argument("--quick", action="store_true", help="the small size CI runs (a few minutes)")
+    parser.add_argument("--recipe", choices=sorted(DEMO_RECIPES),
+                        help="training recipe of the full demo (default: demo-bf16 where the CPU has native "
+                             "bfloat16, else demo-fp32; see train/recipes.py)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first instead of reusing stages")
     parser.add_argument("--skip-bench", action="store_true", help="skip the latency benchmark")
     parser.add_argument("--docs", type=Path, metavar="DIR",
@@ -124,10 +126,13 @@ def run(args: argparse.Namespace) -> int:
     elif out.exists() and not out.is_dir():
         raise PansegError(f"{out}: -o/--output must be a folder")
     (out / STAMP_FOLDER).mkdir(parents=True, exist_ok=True)  # marks the folder as the demo's (see --fresh)
-    cpu = machine()
-    print(f"CPU: {cpu['cpu']}; {cpu['note']} (recipe {'quick' if args.quick else 'demo'}, "
-          f"training in {cpu['training_precision']})", flush=True)
-    stages = plan(out, size)
+    if args.quick and args.recipe:
+        raise PansegError("--recipe picks the full demo's training recipe; --quick always trains the quick one")
+    recipe = quick_recipe() if args.quick else demo_recipe(args.recipe)
+    cpu = machine(recipe)
+    print(f"CPU: {cpu['cpu']} ({cpu['features']}) -> recipe {recipe.name}, training in {recipe.precision}: "
+          f"{cpu['note'].split(': ', 1)[1]}", flush=True)
+    stages = plan(out, size, recipe)
     total = len(stages) + 1
     results: list[StageResult] = []
     for k, stage in enumerate(stages, start=1):

@@ -87,7 +87,9 @@ def _met(ok: bool) -> str:
 
 def _on_machine(summary: Mapping[str, Any]) -> str:
     m = summary.get("machine") or {}
-    return f" Measured on {m['cpu']}, training in {m['training_precision']}." if m.get("cpu") else ""
+    if not m.get("cpu"):
+        return ""
+    return f" Measured on {m['cpu']}, recipe {m.get('recipe', '?')}, training in {m['training_precision']}."
 
 
 def _pct(x: float) -> str:
