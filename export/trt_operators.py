@@ -9,6 +9,10 @@ initializer") are kept in the table for error messages and humans, but are not v
 The table is one TensorRT release's (its ``tensorrt_version``), which need not be the TensorRT installed: messages
 name the release the table was taken from, and the installed one when it differs (read from package metadata, without
 importing TensorRT), so they never claim a check against a version that was not consulted.
+
+Where TensorRT is installed, it is the authority: :func:`check_before_build` (the engine builder's planning step) turns
+the table's doubts into a warning when the installed release is another one, and the build itself asks the installed
+parser about every operator type (:func:`parser_unsupported_nodes`, called from export/tensorrt/build.py).
 """
 
 from __future__ import annotations
@@ -72,11 +76,20 @@ def installed_tensorrt_version(version_of: Callable[[str], str | None] = _instal
     return next((v for d in TENSORRT_DISTRIBUTIONS if (v := version_of(d)) is not None), None)
 
 
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def releases_differ(table: OperatorTable, installed: str | None) -> bool:
+    """True when a TensorRT is installed and its major.minor is not the table's (10.15.1.29 is the 10.15 table's)."""
+    return installed is not None and _major_minor(installed) != _major_minor(table.tensorrt_version)
+
+
 def table_provenance(table: OperatorTable, installed: str | None) -> str:
     """Which release the verdict comes from: ``TensorRT 10.15's operator table`` plus the installed release when
     it is another one."""
     text = f"TensorRT {table.tensorrt_version}'s operator table"
-    if installed is None or installed == table.tensorrt_version or installed.startswith(table.tensorrt_version + "."):
+    if not releases_differ(table, installed):
         return text
     return f"{text}; TensorRT {installed} is installed and its ONNX parser may accept more or less"
 
@@ -189,6 +202,28 @@ def unsupported_nodes(model: onnx.ModelProto, table: OperatorTable | None = None
     return offending
 
 
+def parser_unsupported_nodes(model: onnx.ModelProto, supports: Callable[[str], bool]) -> list[OffendingNode]:
+    """The default-domain nodes whose op type ``supports`` (an installed TensorRT parser's ``supports_operator``)
+    refuses; it is asked once per distinct op type. Same walk as :func:`unsupported_nodes` (subgraphs, and the
+    bodies of the local functions the model calls); custom-domain nodes are left to the parse."""
+    verdicts: dict[str, bool] = {}
+    offending = []
+    for qualified, node, is_call in _reachable_nodes(model):
+        if is_call or node.domain not in DEFAULT_DOMAINS:
+            continue
+        if node.op_type not in verdicts:
+            verdicts[node.op_type] = bool(supports(node.op_type))
+        if not verdicts[node.op_type]:
+            offending.append((qualified, node.op_type, node.domain))
+    return offending
+
+
+def list_nodes(nodes: list[OffendingNode], describe: Callable[[OffendingNode], str]) -> str:
+    """``'a' (Op), 'b' (Op)``, the first MAX_LISTED of them, and how many more."""
+    listed = ", ".join(describe(node) for node in nodes[:MAX_LISTED])
+    return listed + (f" and {len(nodes) - MAX_LISTED} more" if len(nodes) > MAX_LISTED else "")
+
+
 def opset_problems(model: onnx.ModelProto, table: OperatorTable | None = None) -> list[str]:
     """Default-domain opset imports (of the model and of its local functions) outside TensorRT's range."""
     table = table or load_supported_operators()
@@ -225,21 +260,56 @@ def _load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise PansegError(f"{path}: not a readable ONNX model ({exc})") from exc
 
 
+def load_graph(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    """The model (graph only, external weights left on disk) and how messages name it."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path, f"model '{model_or_path.graph.name or '<unnamed>'}'"
+    return _load_model(model_or_path), os.fspath(model_or_path)
+
+
 def check_tensorrt_compatible(model_or_path: onnx.ModelProto | str | os.PathLike,
                               table: OperatorTable | None = None,
                               installed: Callable[[], str | None] = installed_tensorrt_version) -> None:
     """Raise PansegError (one line, naming every offending node and op type) unless TensorRT can parse the model."""
     table = table or load_supported_operators()
-    if isinstance(model_or_path, onnx.ModelProto):
-        model, source = model_or_path, f"model '{model_or_path.graph.name or '<unnamed>'}'"
-    else:
-        model, source = _load_model(model_or_path), os.fspath(model_or_path)
+    model, source = load_graph(model_or_path)
     problems = opset_problems(model, table)
     offending = unsupported_nodes(model, table)
     if offending:
-        listed = ", ".join(_describe(node, table) for node in offending[:MAX_LISTED])
-        more = f" and {len(offending) - MAX_LISTED} more" if len(offending) > MAX_LISTED else ""
-        problems.append(f"{len(offending)} node(s) TensorRT cannot parse: {listed}{more}")
+        described = list_nodes(offending, lambda node: _describe(node, table))
+        problems.append(f"{len(offending)} node(s) TensorRT cannot parse: {described}")
     if problems:
         raise PansegError(f"{source}: TensorRT's ONNX parser would refuse it ({table_provenance(table, installed())}):"
                           f" {'; '.join(problems)}")
+
+
+def check_before_build(model_or_path: onnx.ModelProto | str | os.PathLike, table: OperatorTable | None = None,
+                       installed: Callable[[], str | None] | None = None) -> str | None:
+    """The engine builder's operator check: the installed TensorRT is the authority wherever there is one.
+
+    With no TensorRT installed (a --dry-run machine), or one of the table's own release, this is
+    :func:`check_tensorrt_compatible` (raises on anything the table refuses). With another release installed, the
+    table's doubts (default-domain ops it lacks or marks unsupported, opsets outside its range) do not block: they
+    come back as a one-line warning (None when there are none), and the build asks the installed parser itself
+    (export/tensorrt/build.py). Custom-domain nodes are refused either way: every release needs a plugin for them.
+    ``installed`` defaults to :func:`installed_tensorrt_version` (package metadata; nothing is imported).
+    """
+    table = table or load_supported_operators()
+    version = (installed or installed_tensorrt_version)()
+    if not releases_differ(table, version):
+        check_tensorrt_compatible(model_or_path, table, installed=lambda: version)
+        return None
+    model, source = load_graph(model_or_path)
+    offending = unsupported_nodes(model, table)
+    custom = [node for node in offending if node[2] not in DEFAULT_DOMAINS]
+    if custom:
+        raise PansegError(f"{source}: TensorRT's ONNX parser would refuse it: {len(custom)} node(s) of a custom "
+                          f"domain, which any TensorRT release parses only through a plugin: "
+                          f"{list_nodes(custom, lambda node: _describe(node, table))}")
+    doubts = opset_problems(model, table)
+    if offending:
+        doubts.append(f"{len(offending)} node(s): {list_nodes(offending, lambda node: _describe(node, table))}")
+    if not doubts:
+        return None
+    return (f"{source}: TensorRT {table.tensorrt_version}'s operator table doubts it ({'; '.join(doubts)}); "
+            f"TensorRT {version} is installed, so its ONNX parser decides when the engine is built")

@@ -456,11 +456,13 @@ class StubTensorRT:
             self.severity = severity
 
     def __init__(self, inputs=(("images", (-1, 3, -1, -1)), ("padding_mask", (-1, -1, -1))), parse_ok=True,
-                 parser_errors=(), plan=b"serialized plan"):
+                 parser_errors=(), plan=b"serialized plan", supports=None):
         """``inputs=None``: the network's inputs are the parsed ONNX file's (-1 where dynamic); ``plan`` a list:
-        one result per build, in order."""
+        one result per build, in order; ``supports``: the parser's ``supports_operator`` (op type -> bool), which
+        the parser lacks when None."""
         self.calls: list[tuple] = []
         self.inputs, self.parse_ok, self.errors, self.plan = inputs, parse_ok, parser_errors, plan
+        self.supports = supports
         self.timing_cache_in: bytes | None = None
         stub = self
 
@@ -531,6 +533,12 @@ class StubTensorRT:
             def __init__(self, network, logger):
                 self.num_errors = len(stub.errors)
                 self.network = network
+                if stub.supports is not None:
+                    self.supports_operator = self._supports_operator
+
+            def _supports_operator(self, op_name):
+                stub.calls.append(("supports_operator", op_name))
+                return stub.supports(op_name)
 
             def parse_from_file(self, path):
                 stub.calls.append(("parse_from_file", path))
@@ -1629,6 +1637,115 @@ def test_operator_check_names_the_tables_release_and_the_installed_one_when_it_d
     # the installed release is read from the wheels' metadata: the meta package or a CUDA-specific build
     assert installed_tensorrt_version({"tensorrt-cu13": "11.4.0.12"}.get) == "11.4.0.12"
     assert installed_tensorrt_version({}.get) is None
+
+
+# ---------------------------------------------------------------- the installed TensorRT is the authority
+
+
+def _graph_for_the_parser(path: Path) -> Path:
+    """Ops in the main graph (Col2Im: unsupported in the 10.15 table), in an If branch, in a called local function;
+    a custom-domain node; and a local function nobody calls."""
+    def value(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+
+    then_branch = helper.make_graph([helper.make_node("Resize", ["x"], ["t"], name="resize_in_then")], "then", [],
+                                    [value("t")])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["e"], name="copy_in_else")], "else", [],
+                                    [value("e")])
+    nodes = [helper.make_node("Identity", ["x"], ["a"], name="copy"),
+             helper.make_node("Col2Im", ["a", "s", "k"], ["b"], name="col2im"),
+             helper.make_node("If", ["cond"], ["c"], name="branch", then_branch=then_branch, else_branch=else_branch),
+             helper.make_node("Block", ["c"], ["d"], name="call_block", domain="my"),
+             helper.make_node("FancyOp", ["d"], ["y"], name="fancy", domain="com.example")]
+    called = helper.make_function("my", "Block", ["i"], ["o"], [helper.make_node("GridSample", ["i", "i"], ["o"],
+                                                                                 name="grid")],
+                                  [helper.make_opsetid("", 17)])
+    unused = helper.make_function("my", "Unused", ["i"], ["o"], [helper.make_node("Unique", ["i"], ["o"], name="u")],
+                                  [helper.make_opsetid("", 17)])
+    graph = helper.make_graph(nodes, "parser_check", [value("x"), value("cond")], [value("y")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my", 1)],
+                                functions=[called, unused]), path)
+    return path
+
+
+def test_plumbing_the_installed_parser_is_asked_about_every_operator_before_parsing(tmp_path):
+    path = _graph_for_the_parser(tmp_path / "m.onnx")
+    stub = StubTensorRT(supports=lambda op: op not in {"Resize", "GridSample"})
+    stub.__version__ = "11.4.0.12"
+    with pytest.raises(PansegError) as info:
+        build_plan(stub, path, _profiles(), BuildOptions(), progress=False)
+    message = str(info.value)
+    assert "TensorRT 11.4.0.12's ONNX parser does not support 2 node(s)" in message and "\n" not in message
+    assert "'branch/then_branch/resize_in_then' (Resize)" in message and "'my.Block/grid' (GridSample)" in message
+    assert "col2im" not in message and "fancy" not in message
+    assert not stub.named("parse_from_file") and not stub.named("build")
+    # each default-domain op type of the graph, its branches and the called function once; not the call itself, not
+    # the custom-domain node (the parse decides those), not the body of a function nobody calls
+    assert sorted(op for _, op in stub.named("supports_operator")) == ["Col2Im", "GridSample", "Identity", "If",
+                                                                       "Resize"]
+
+
+def test_plumbing_an_op_the_old_table_refuses_builds_when_the_installed_parser_accepts_it(tmp_path):
+    path = _graph_for_the_parser(tmp_path / "m.onnx")
+    assert not load_supported_operators().is_supported("Col2Im")  # the 10.15 table would have refused it
+    stub = StubTensorRT(supports=lambda op: True)
+    stub.__version__ = "11.4.0.12"
+    assert build_plan(stub, path, _profiles(), BuildOptions(), progress=False) == b"serialized plan"
+    order = [c[0] for c in stub.calls]
+    assert order.index("supports_operator") < order.index("parse_from_file") < order.index("build")
+    # a parser without supports_operator is not asked: its parse decides (and reports its own errors)
+    stub = StubTensorRT(parse_ok=False, parser_errors=[("col2im", "Col2Im", "no importer registered")])
+    with pytest.raises(PansegError, match=r"parser failed: node 'col2im' \(Col2Im\): no importer registered"):
+        build_plan(stub, path, _profiles(), BuildOptions(), progress=False)
+
+
+def test_plan_engine_warns_instead_of_refusing_when_another_tensorrt_is_installed(tmp_path, capsys, monkeypatch):
+    import export.trt_operators as operators
+
+    release = load_supported_operators().tensorrt_version
+    col2im = helper.make_node("Col2Im", ["images", "s", "k"], ["extra"], name="col2im")
+    model = synthetic_onnx(tmp_path / "model.onnx", extra_node=col2im)
+    monkeypatch.setattr(operators, "installed_tensorrt_version", lambda: "11.4.0.12")
+    code, out, err = _run([model, "--dry-run"], capsys)
+    assert code == 0 and "trtexec --onnx=" in out
+    assert err.count("\n") == 1 and err.startswith("warning: "), err
+    assert f"TensorRT {release}'s operator table doubts it" in err and "'col2im' (Col2Im, unsupported)" in err
+    assert "TensorRT 11.4.0.12 is installed, so its ONNX parser decides" in err
+    # no TensorRT installed (a dry-run machine), or the table's own release: the table still refuses
+    for installed in (None, f"{release}.1.29"):
+        monkeypatch.setattr(operators, "installed_tensorrt_version", lambda v=installed: v)
+        with pytest.raises(PansegError, match=r"would refuse it .*'col2im' \(Col2Im, unsupported\)"):
+            plan_engine(model)
+        assert capsys.readouterr().err == ""
+    # a custom-domain node needs a plugin in any release: refused whatever is installed
+    monkeypatch.setattr(operators, "installed_tensorrt_version", lambda: "11.4.0.12")
+    custom = helper.make_node("FancyOp", ["images"], ["extra"], name="fancy", domain="com.example")
+    with pytest.raises(PansegError, match=r"custom domain.*'fancy' \(com.example::FancyOp"):
+        plan_engine(synthetic_onnx(tmp_path / "custom.onnx", extra_node=custom))
+
+
+def test_plumbing_with_another_tensorrt_installed_its_parser_decides_the_build(tmp_path, capsys, monkeypatch):
+    import export.trt_operators as operators
+    import runtime.backends.tensorrt_backend as backend_module
+
+    col2im = helper.make_node("Col2Im", ["images", "s", "k"], ["extra"], name="col2im")
+    model = synthetic_onnx(tmp_path / "model.onnx", extra_node=col2im)
+    monkeypatch.setattr(operators, "installed_tensorrt_version", lambda: "11.4.0.12")
+    monkeypatch.setattr(backend_module, "import_cudart", lambda: object())
+    monkeypatch.setattr(backend_module, "current_gpu", lambda cudart=None, device=0: L4)
+    for accepts, plan in ((True, tmp_path / "yes.plan"), (False, tmp_path / "no.plan")):
+        stub = StubTensorRT(plan=b"stub plan bytes", supports=lambda op, a=accepts: a or op != "Col2Im")
+        stub.__version__ = "11.4.0.12"
+        monkeypatch.setitem(sys.modules, "tensorrt", stub)
+        code, _, err = _run([model, "-o", plan, "--no-progress"], capsys)
+        assert err.startswith("warning: ") and "'col2im' (Col2Im" in err
+        if accepts:
+            assert code == 0 and plan.read_bytes() == b"stub plan bytes"
+        else:
+            assert code == 1 and not plan.exists() and not sidecar_path(plan).exists()
+            assert err.count("\n") == 2 and "error: " in err
+            assert "TensorRT 11.4.0.12's ONNX parser does not support 1 node(s) (asked before parsing): 'col2im' " \
+                   "(Col2Im)" in err
 
 
 def test_fake_gpu_pair_refuses_more_kept_queries_than_the_mask_engine_holds_before_writing_to_it(fake_gpu, tmp_path):

@@ -13,6 +13,7 @@ from export.trt_operators import (
     MAX_LISTED,
     TABLE_RESOURCE,
     OperatorTable,
+    check_before_build,
     check_tensorrt_compatible,
     load_supported_operators,
     unsupported_nodes,
@@ -163,6 +164,22 @@ def test_opset_out_of_range_fails(table, opset):
     assert not low <= opset <= high
     with pytest.raises(PansegError, match=rf"opset {opset}, outside TensorRT .*range {low}-{high}"):
         check_tensorrt_compatible(make_model(relu_add(), opset=opset), table)
+
+
+def test_another_installed_release_turns_the_tables_doubts_into_a_warning(table):
+    """Opsets outside the table's range and ops it refuses only warn when another TensorRT release is installed
+    (its parser decides at build time); with none installed, or the table's own release, they still refuse."""
+    opset = table.opset_range[1] + 1
+    model = make_model([helper.make_node("Unique", ["x"], ["y"], name="uniq")], opset=opset)
+    warning = check_before_build(model, table, installed=lambda: "99.1.0")
+    assert warning is not None and "\n" not in warning
+    assert f"opset {opset}" in warning and "'uniq' (Unique, unsupported)" in warning
+    assert f"TensorRT {table.tensorrt_version}'s operator table doubts it" in warning
+    assert "TensorRT 99.1.0 is installed, so its ONNX parser decides" in warning
+    assert check_before_build(make_model(relu_add()), table, installed=lambda: "99.1.0") is None
+    for installed in (None, table.tensorrt_version, f"{table.tensorrt_version}.7.3"):
+        with pytest.raises(PansegError, match=r"would refuse it .*'uniq' \(Unique, unsupported\)"):
+            check_before_build(model, table, installed=lambda v=installed: v)
 
 
 def test_many_offenders_are_counted_not_all_listed(table):

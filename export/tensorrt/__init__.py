@@ -1,8 +1,9 @@
 """Exported ONNX -> TensorRT plan + ``model.plan.json`` side file (``python -m export.tensorrt model.onnx``).
 
 Two steps so that everything checkable is checked on any machine before a GPU is needed:
-:func:`plan_engine` validates the ONNX (readable, panseg metadata, every operator parseable by TensorRT), the output
-name and the flags, and computes the optimization profile (profile.py) and the equivalent trtexec command (build.py);
+:func:`plan_engine` validates the ONNX (readable, panseg metadata, every operator parseable by TensorRT: by the operator
+table, or only a warning where another TensorRT release is installed, whose parser the build asks), the output name
+and the flags, and computes the optimization profile (profile.py) and the equivalent trtexec command (build.py);
 :func:`build_engine_file` then builds with TensorRT on the GPU, writes the plan atomically and the side file next to
 it (sidecar.py). Pieces: profile.py (shapes), build.py (TensorRT calls), sidecar.py (side file writing; its format,
 reading and checks are runtime/trt_sidecar.py), masks.py (the second engine of a query-sparse export).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ from export.tensorrt.masks import (
 )
 from export.tensorrt.profile import BHW, ShapeRange, profile_for_model, uncovered_aspect_note
 from export.tensorrt.sidecar import engine_info, write_sidecar
-from export.trt_operators import check_tensorrt_compatible
+from export.trt_operators import check_before_build
 from runtime.atomic import atomic_write_bytes
 from runtime.contract import INT8, INT8_CPU, KEY_PRECISION, sidecar_path
 from runtime.contract import TENSORRT_SUFFIXES as ENGINE_SUFFIXES
@@ -127,7 +129,7 @@ def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None =
     model = _load_graph(onnx_path)
     metadata = _read_metadata(model, onnx_path)
     refuse_cpu_int8(metadata, onnx_path)
-    check_tensorrt_compatible(onnx_path)  # unsupported operators fail here, with node names, before any build
+    _check_operators(onnx_path)  # unsupported operators fail here, with node names, before any build
     if "panseg_metadata_version" not in metadata:
         raise PansegError(f"{onnx_path}: no panseg metadata (categories, preprocessing) in the model; export it with "
                           "python -m export.onnx")
@@ -136,6 +138,15 @@ def plan_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None =
     mask = _plan_mask_engine(onnx_path, output, metadata, shape_range, options)
     return EnginePlan(onnx_path, output, metadata, shape_range, profiles, options,
                       uncovered_aspect_note(shape_range, metadata.get("resize")), mask)
+
+
+def _check_operators(onnx_path: Path) -> None:
+    """The operator table refuses when no TensorRT is installed (a --dry-run machine) or the installed one is the
+    table's release; when another release is installed, the table's doubts are a one-line warning on stderr and the
+    build's parser decides (build.py asks it about every operator before parsing)."""
+    warning = check_before_build(onnx_path)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _plan_mask_engine(onnx_path: Path, output: Path, metadata: Mapping[str, Any], shape_range: ShapeRange,
@@ -154,7 +165,7 @@ def _plan_mask_engine(onnx_path: Path, output: Path, metadata: Mapping[str, Any]
         raise PansegError(f"{mask_output}: would overwrite the mask graph")
     if mask_output.is_dir():
         raise PansegError(f"{mask_output}: is a directory")
-    check_tensorrt_compatible(mask_onnx)
+    _check_operators(mask_onnx)
     model = _load_graph(mask_onnx)
     profiles = mask_profiles(model, shape_range, metadata, str(mask_onnx))
     return EnginePlan(mask_onnx, mask_output, _read_metadata(model, mask_onnx), shape_range, profiles, options, None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.trt_operators import list_nodes, load_graph, parser_unsupported_nodes
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import PansegError
 from runtime.trt_sidecar import TensorProfile, format_shape, parse_version
@@ -155,9 +156,35 @@ def _call(obj: Any, method: str) -> str:
     return "" if value is None else str(value)
 
 
+def check_parser_supports(trt: Any, parser: Any, onnx_path: Path) -> None:
+    """Ask the installed parser about every distinct default-domain op type of the graph (its subgraphs and the
+    local functions it calls too) before parsing, and refuse in one line naming the nodes it does not support.
+
+    The installed TensorRT is the authority here, not the operator table (export/trt_operators.py), which is one
+    release's and may be older. ``OnnxParser.supports_operator(op_name: str) -> bool`` ("Returns whether the
+    specified operator may be supported by the parser") is documented in TensorRT's Python API reference
+    (docs.nvidia.com, parsers/Onnx/pyOnnx.html), and ``IParser::supportsOperator`` in the C++ reference for TensorRT
+    10.0.0 and 10.2.0 (classnvonnxparser_1_1_i_parser.html); the 10.x bindings (pyOnnx.cpp) define it next to
+    ``supports_model_v2``. TensorRT 11's reference was not at hand, so a parser without the method is not asked and
+    the parse itself decides (its errors are reported by :func:`parse_onnx`). "May be supported": a True here can
+    still fail in the parse, on a node's attributes or inputs.
+    """
+    supports = getattr(parser, "supports_operator", None)
+    if not callable(supports):
+        return
+    model, _ = load_graph(onnx_path)
+    refused = parser_unsupported_nodes(model, supports)
+    if refused:
+        described = list_nodes(refused, lambda node: f"'{node[0]}' ({node[1]})")
+        raise PansegError(f"{onnx_path}: TensorRT {trt.__version__}'s ONNX parser does not support "
+                          f"{len(refused)} node(s) (asked before parsing): {described}")
+
+
 def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
-    """Fill ``network`` from the ONNX file (external weights are found next to it); raise with every parser error."""
+    """Fill ``network`` from the ONNX file (external weights are found next to it); raise with every parser error.
+    Operators the installed parser says it does not support are refused first (:func:`check_parser_supports`)."""
     parser = trt.OnnxParser(network, logger)
+    check_parser_supports(trt, parser, onnx_path)
     if not parser.parse_from_file(str(onnx_path)):
         errors = parser_errors(parser) or ["the parser gave no details (run with --verbose)"]
         raise PansegError(f"{onnx_path}: TensorRT's ONNX parser failed: {'; '.join(errors)}")
