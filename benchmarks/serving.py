@@ -15,7 +15,9 @@ throughput ratio = requests/s at concurrency 4 / at concurrency 1.
 
 Where the time goes (benchmarks/serving_accounting.py): per request, CPU milliseconds of the client, the tritonserver
 process and the model's stub processes (against infer's CPU per image), and Triton's own timers (queue, compute
-input / infer / output, the whole request inside the server). Writes report.md, report.json and serving.png.
+input / infer / output, the whole request inside the server); and the stub's stages (decode + preprocess, engine,
+merge, PNG, JSON) timed in this process without Triton (benchmarks/serving_stages.py), so that the stubs' CPU in the
+server minus that is what the Python backend adds. Writes report.md, report.json and serving.png.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from benchmarks import defaults, hardware
 from benchmarks.command_line import shell_line
 from benchmarks.markdown import table
 from benchmarks.serving_accounting import Snapshot, per_request
+from benchmarks.serving_stages import STAGES, stage_cpu_ms
 from export.triton import ModelConfig
 from export.triton.repository import ServingSettings, write_repository
 from runtime.contract import IMAGE_EXTENSIONS
@@ -262,6 +265,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         baseline = out / f"infer-{config.name}"
         options = engine_options(str(config.threads), config.instances)
         in_process[config.name] = run_in_process(model, files, options, args, baseline)
+        in_process[config.name]["stub_stages_cpu"] = stage_cpu_ms(model, files, options, args.size, args.threshold)
         print(f"infer with {config.name}'s engine options {options}: {in_process[config.name]}", flush=True)
         expected = [(baseline / PANOPTIC_DIR / f"{f.stem}.png").read_bytes() for f in files]
         served += serve_configuration(model, config, payloads, expected, args, out)
@@ -309,6 +313,25 @@ def _value(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _stub_stages(report: dict[str, Any]) -> list[str]:
+    """The stub's work by stage, in this process (benchmarks/serving_stages.py), against the stubs' CPU per request
+    in the server at concurrency 1: the difference is what the Python backend adds."""
+    rows = []
+    for name in report["configs"]:
+        stages = report["in_process"][name].get("stub_stages_cpu")
+        served = next((r for r in report["served"] if r["config"] == name and r["concurrency"] == 1), None)
+        if not stages or not served or served.get("cpu_stubs_ms") is None:
+            continue
+        rows.append([name, *(stages[f"{s}_ms"] for s in STAGES), stages["service_ms"], served["cpu_stubs_ms"],
+                     round(served["cpu_stubs_ms"] - stages["service_ms"], 2)])
+    if not rows:
+        return []
+    return ["The stub's work per request, CPU ms, run in this process without Triton (same engine options), against "
+            "the stubs' CPU per request in the server at concurrency 1:", "",
+            *table(["config", "decode + preprocess", "engine", "merge", "PNG", "JSON", "service (all, with its "
+                    "scratch file)", "stubs in the server", "Python backend adds"], rows)]
+
+
 def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     threshold = "the model's" if report.get("threshold") is None else report["threshold"]
@@ -341,6 +364,7 @@ def markdown(report: dict[str, Any]) -> str:
                        "compute_infer_ms", "compute_output_ms", "request_ms", "requests_per_execution",
                        "cores_used"))]
                     for r in report["served"]])
+    lines += _stub_stages(report)
     lines += [f"Targets (issue #17): serving overhead at concurrency 1 <= {OVERHEAD_TARGET:.0%} of the in-process "
               f"per-image latency; throughput at concurrency 4 >= {THROUGHPUT_TARGET}x concurrency 1.", ""]
     lines += table(["config", "overhead at concurrency 1", "throughput 4 / 1", "meets both",

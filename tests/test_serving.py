@@ -214,6 +214,14 @@ def test_a_second_instance_loads_its_engine_with_shared_cores_and_answers_like_i
             images[0].read_bytes()]
 
 
+def test_benchmark_times_each_stage_the_stub_runs(model, images):
+    from benchmarks.serving_stages import STAGES, stage_cpu_ms
+
+    ms = stage_cpu_ms(model, images[:3], {"intra_op_threads": THREADS}, SIZE, 0.0)
+    assert set(ms) == {f"{s}_ms" for s in (*STAGES, "service")}
+    assert ms["engine_ms"] > 0 and ms["service_ms"] > 0 and min(ms.values()) >= 0
+
+
 def test_service_answers_like_infer_and_names_bad_images(model, images, reference):
     expected = _reference_answers(reference, images)
     with PanopticService(model, backend_options={"intra_op_threads": THREADS}, size=SIZE, max_size=MAX_SIZE) as svc:

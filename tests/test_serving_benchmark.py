@@ -1,5 +1,6 @@
 """The serving benchmark's own logic, without a server: configuration names, the issue's ratios and targets, the
-report text, and the per-request accounting from two counter snapshots."""
+report text, and the per-request accounting from two counter snapshots. (Its stage timing runs on the tiny model in
+tests/test_serving.py, which has the fixtures.)"""
 
 from __future__ import annotations
 
