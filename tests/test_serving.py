@@ -226,6 +226,7 @@ def test_service_answers_like_infer_and_names_bad_images(model, images, referenc
     expected = _reference_answers(reference, images)
     with PanopticService(model, backend_options={"intra_op_threads": THREADS}, size=SIZE, max_size=MAX_SIZE) as svc:
         answers = svc.segment([ImageRequest(p.read_bytes()) for p in images] + [ImageRequest(b"")])
+        assert list(svc._scratch.iterdir()) == []  # every request's scratch file is gone, the failed one's too
     for path, answer in zip(images, answers, strict=False):
         assert isinstance(answer, Segmented), answer
         assert (answer.png, json.loads(answer.segments_info)) == expected[path.read_bytes()]
