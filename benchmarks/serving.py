@@ -1,14 +1,16 @@
 """Serving benchmark: a Triton server against in-process ``panseg-rt infer`` on the same images, in the same run.
 
     python -m benchmarks.serving --model demo/model.onnx --images demo/data/val2017 -o DIR
-        [--configs 1x2b,1x2,2x1,2x1b] [--concurrency 1,2,4,8] [--requests 48] [--threshold T] [--size N]
+        [--configs 2x1b,2x1,2x2b,1x2b] [--concurrency 1,2,4,8] [--requests 24] [--rounds 3] [--threshold T]
+        [--size N]
     python -m benchmarks.serving -o DIR      # no model: a random R50 at --size 320 on scikit-image photos
 
 The resize is the model's own (its metadata; the demo model's is 128) unless --size is given. Each serving
-configuration ``IxT`` is I model instances with T ONNX Runtime threads each, ``b`` for dynamic batching on; for each,
-in turn: ``infer`` (the library call behind ``panseg-rt infer``, batch size 1, T threads) on the request images as
-the baseline next to it in time, then a server on an ``export.triton`` repository of that configuration and, at each
-concurrency C, C client threads (one connection each) sending the images in turn. Every request's latency is timed
+configuration ``IxT`` is I model instances with T ONNX Runtime threads each, ``b`` for dynamic batching on. For each,
+a server on an ``export.triton`` repository of that configuration, and --rounds times in turn: ``infer`` (the
+library call behind ``panseg-rt infer``, batch size 1, the same engine options) on the request images, the
+baseline; then at each concurrency C, C client threads (one connection each) sending the images in turn. Rounds
+spread a shared machine's changing load over the baseline and every level alike. Every request's latency is timed
 at the client; the served answers are compared with infer's, byte for byte. Serving overhead at concurrency 1 =
 mean served latency (1 / requests per second) / infer's mean per-image latency - 1, in wall and in CPU time;
 throughput ratio = requests/s at concurrency 4 / at concurrency 1.
@@ -124,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serving configurations INSTANCESxTHREADS[b] (b: dynamic batching on, no queue delay), "
                              f"comma-separated (default {DEFAULT_CONFIGS})")
     parser.add_argument("--concurrency", type=_levels, default=[1, 2, 4, 8], help="client concurrency levels")
-    parser.add_argument("--requests", type=positive_int, default=48, help="timed requests per level (default 48)")
+    parser.add_argument("--requests", type=positive_int, default=24,
+                        help="timed requests per level and round (default 24)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="rounds per configuration, each running infer and then every level (default 3)")
     return parser
 
 
@@ -168,9 +173,20 @@ def run_in_process(model: Path, files: list[Path], backend: dict[str, Any], args
     cpu = time.process_time()
     report = infer(model, [str(f) for f in files], out, options, backend_options=backend)
     cpu = time.process_time() - cpu
-    return {"images": report.done, "ms_per_image": round(1000 * report.wall_seconds / report.done, 2),
-            "cpu_ms_per_image": round(1000 * cpu / report.done, 2),
-            "images_per_second": round(report.done / report.wall_seconds, 2)}
+    return per_image(report.done, report.wall_seconds, cpu)
+
+
+def per_image(images: int, wall_seconds: float, cpu_seconds: float) -> dict[str, Any]:
+    """An infer baseline: its totals, and wall and CPU ms per image."""
+    return {"images": images, "wall_seconds": wall_seconds, "cpu_seconds": cpu_seconds,
+            "ms_per_image": round(1000 * wall_seconds / images, 2),
+            "cpu_ms_per_image": round(1000 * cpu_seconds / images, 2),
+            "images_per_second": round(images / wall_seconds, 2)}
+
+
+def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several infer runs as one: their images, wall and CPU seconds added up."""
+    return per_image(*(sum(r[k] for r in runs) for k in ("images", "wall_seconds", "cpu_seconds")))
 
 
 def load_level(url: str, payloads: list[bytes], concurrency: int, threshold: float | None = None, warmup: int = 2
@@ -215,10 +231,12 @@ def load_level(url: str, payloads: list[bytes], concurrency: int, threshold: flo
     return latencies, time.perf_counter() - started, answers, sum(cpu)
 
 
-def serve_configuration(model: Path, config: Configuration, payloads: list[bytes], expected: list[bytes],
-                        args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    """One server on a repository of ``config``; a row per concurrency level with latency, throughput, answers
-    checked against infer's, and where each request's time went."""
+def serve_configuration(model: Path, config: Configuration, files: list[Path], args: argparse.Namespace, out: Path
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One server on a repository of ``config``. ``args.rounds`` times in turn: infer in-process with the same engine
+    options (the baseline), then each concurrency level; so that a machine whose load drifts (a shared one) weighs
+    on the baseline and on every level alike. Returns the baseline and a row per level (latency, throughput, answers
+    checked against infer's, where each request's time went), each summed over the rounds."""
     install = ensure_installed(default_install())
     repository = out / f"repository-{config.name}"
     if not repository.exists():
@@ -226,23 +244,41 @@ def serve_configuration(model: Path, config: Configuration, payloads: list[bytes
                                    execution_env=str(install.execution_env))
         write_repository(model, repository, ServingSettings(size=args.size, threads=config.threads,
                                                             config=model_config))
-    rows = []
+    options = engine_options(str(config.threads), config.instances)
+    payloads = [f.read_bytes() for f in files]
+    baselines: list[dict[str, Any]] = []
+    levels: dict[int, list[tuple[list[float], float, list[Any], float, Snapshot, Snapshot]]] = {
+        c: [] for c in args.concurrency}
     with TritonServer(repository, install, log_path=out / f"server-{config.name}.log") as server:
         assert server.process is not None
-        for concurrency in args.concurrency:
-            before = Snapshot.take(server.process.pid, server.metrics_port)
-            latencies, wall, answers, client_cpu = load_level(server.url, payloads, concurrency, args.threshold)
-            after = Snapshot.take(server.process.pid, server.metrics_port)
-            errors = sum(isinstance(a, str) for a in answers)
-            identical = sum(not isinstance(a, str) and a.png == e for a, e in zip(answers, expected, strict=True))
-            accounting = per_request(before, after, client_cpu)
-            cpu_ms = sum(accounting.get(f"cpu_{role}_ms") or 0.0 for role in ("client", "server", "stubs"))
-            rows.append({"config": config.name, "concurrency": concurrency, "requests": len(payloads),
-                         "errors": errors, "identical_to_infer": identical, "rps": round(len(payloads) / wall, 2),
-                         **percentiles(latencies), **accounting,
-                         "cores_used": round(cpu_ms * len(payloads) / wall / 1000, 2)})
-            print(f"{config.label}, concurrency {concurrency}: {rows[-1]}", flush=True)
-    return rows
+        # every instance's first engine runs (slower: ORT's first call) before anything is timed
+        load_level(server.url, payloads[:2 * config.instances], config.instances, args.threshold)
+        for round_ in range(args.rounds):
+            baseline = out / f"infer-{config.name}-{round_}"
+            baselines.append(run_in_process(model, files, options, args, baseline))
+            if round_ == 0:
+                expected = [(baseline / PANOPTIC_DIR / f"{f.stem}.png").read_bytes() for f in files]
+            for concurrency in args.concurrency:
+                before = Snapshot.take(server.process.pid, server.metrics_port)
+                measured = load_level(server.url, payloads, concurrency, args.threshold)
+                levels[concurrency].append((*measured, before, Snapshot.take(server.process.pid,
+                                                                             server.metrics_port)))
+    rows = []
+    for concurrency, runs in levels.items():
+        latencies = [t for run in runs for t in run[0]]
+        wall = sum(run[1] for run in runs)
+        answers = [a for run in runs for a in run[2]]
+        requests = len(answers)
+        identical = sum(not isinstance(a, str) and a.png == e for a, e in zip(answers, expected * len(runs),
+                                                                                strict=True))
+        accounting = per_request([(run[4], run[5]) for run in runs], sum(run[3] for run in runs))
+        cpu_ms = sum(accounting.get(f"cpu_{role}_ms") or 0.0 for role in ("client", "server", "stubs"))
+        rows.append({"config": config.name, "concurrency": concurrency, "requests": requests,
+                     "errors": sum(isinstance(a, str) for a in answers), "identical_to_infer": identical,
+                     "rps": round(requests / wall, 2), **percentiles(latencies), **accounting,
+                     "cores_used": round(cpu_ms * requests / wall / 1000, 2)})
+        print(f"{config.label}, concurrency {concurrency}: {rows[-1]}", flush=True)
+    return combined(baselines), rows
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -257,27 +293,25 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     model = args.model or random_model(out, photos, args.size)
     size = args.size or model_size(model)
     files = request_files(photos, args.requests, out / "inputs")
-    payloads = [f.read_bytes() for f in files]
     in_process = {DEFAULT_INFER: run_in_process(model, files, {}, args, out / "infer-default")}
     print(f"infer with its default engine options: {in_process[DEFAULT_INFER]}", flush=True)
     served = []
     for config in args.configs:
-        baseline = out / f"infer-{config.name}"
         options = engine_options(str(config.threads), config.instances)
-        in_process[config.name] = run_in_process(model, files, options, args, baseline)
-        in_process[config.name]["stub_stages_cpu"] = stage_cpu_ms(model, files, options, args.size, args.threshold)
+        stages = stage_cpu_ms(model, files, options, args.size, args.threshold)
+        in_process[config.name], rows = serve_configuration(model, config, files, args, out)
+        in_process[config.name]["stub_stages_cpu"] = stages
         print(f"infer with {config.name}'s engine options {options}: {in_process[config.name]}", flush=True)
-        expected = [(baseline / PANOPTIC_DIR / f"{f.stem}.png").read_bytes() for f in files]
-        served += serve_configuration(model, config, payloads, expected, args, out)
+        served += rows
     return {"model": "random R50" if args.model is None else str(args.model), "size": size,
-            "threshold": args.threshold, "images": len(photos),
+            "threshold": args.threshold, "images": len(photos), "rounds": args.rounds,
             "configs": {c.name: c.label for c in args.configs}, "machine": hardware.machine(),
             "versions": hardware.versions(), "in_process": in_process, "served": served}
 
 
 def summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The issue's two ratios per configuration: serving overhead at concurrency 1 (the mean served latency, 1 / the
-    requests per second, over the mean per-image latency of infer with the same engine options, run just before it,
+    requests per second, over the mean per-image latency of infer with the same engine options, in the same rounds,
     minus 1; a p50 against infer's mean flattered serving on a noisy machine) and requests/s at concurrency 4 over
     concurrency 1; and whether both meet the targets. The same overhead in CPU time (client + server + stubs against
     infer's process), which other work on the machine does not inflate. Also the mean served latency at concurrency
@@ -342,10 +376,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"({machine.get('logical_cpus', '?')} logical CPUs; load average "
              f"{_rounded(machine.get('load_average_1_5_15'))} when the run started: other work shared the machine if "
              "it exceeds the CPU count). Configuration IxT[b]: I model instances x T ONNX Runtime threads each, b: "
-             "dynamic batching on. Latency timed at the client per request (after two warm-up requests per client).",
+             f"dynamic batching on. {report.get('rounds', 1)} rounds per configuration (infer, then every level). "
+             "Latency timed at the client per request (after two warm-up requests per client).",
              "", f"In-process `panseg-rt infer` (batch size 1): with its defaults (`{DEFAULT_INFER}`: one ONNX Runtime "
-             "thread per physical core, threads spinning between runs), then before each configuration's server with "
-             "that configuration's engine options (its threads; no spinning with several instances):", ""]
+             "thread per physical core, threads spinning between runs), then in each round of a configuration with "
+             "its engine options (its threads; no spinning with several instances), summed over the rounds:", ""]
     lines += table(["engine options of", "ms per image", "CPU ms per image", "images/s"],
                    [[name, r["ms_per_image"], r["cpu_ms_per_image"], r["images_per_second"]]
                     for name, r in report["in_process"].items()])

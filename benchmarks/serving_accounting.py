@@ -13,6 +13,7 @@ Two kinds of counters, each read before and after a load level and differenced:
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -64,17 +65,21 @@ class Snapshot:
         return cls(read_metrics(metrics_port), process_cpu_seconds(server_pid))
 
 
-def per_request(before: Snapshot, after: Snapshot, client_cpu_seconds: float) -> dict[str, float | None]:
-    """Milliseconds per successful request between two snapshots: Triton's timers (mean over the requests), CPU
-    of the server, the stubs and the client, and the mean number of requests per model execution (the batch)."""
-    requests = after.metrics["requests"] - before.metrics["requests"]
-    executions = after.metrics["executions"] - before.metrics["executions"]
+def per_request(intervals: list[tuple[Snapshot, Snapshot]], client_cpu_seconds: float) -> dict[str, float | None]:
+    """Milliseconds per successful request over the (before, after) snapshot pairs: Triton's timers (mean over the
+    requests), CPU of the server, the stubs and the client, and the mean number of requests per model execution."""
+
+    def total(read: Callable[[Snapshot], float]) -> float:
+        return sum(read(after) - read(before) for before, after in intervals)
+
+    requests = total(lambda s: s.metrics["requests"])
+    executions = total(lambda s: s.metrics["executions"])
     if requests <= 0:
         return {}
-    ms: dict[str, float | None] = {f"{key}_ms": round((after.metrics[key] - before.metrics[key]) / 1000 / requests, 2)
+    ms: dict[str, float | None] = {f"{key}_ms": round(total(lambda s, k=key: s.metrics[k]) / 1000 / requests, 2)
                                    for key in TIMERS}
     for role in ("server", "stubs"):
-        ms[f"cpu_{role}_ms"] = round(1000 * (after.cpu[role] - before.cpu[role]) / requests, 2)
+        ms[f"cpu_{role}_ms"] = round(1000 * total(lambda s, r=role: s.cpu[r]) / requests, 2)
     ms["cpu_client_ms"] = round(1000 * client_cpu_seconds / requests, 2)
     ms["requests_per_execution"] = round(requests / executions, 2) if executions else None
     return ms

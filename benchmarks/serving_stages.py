@@ -2,9 +2,9 @@
 
 The stub runs ``PanopticService.segment``: the request's bytes to a scratch file, decode + preprocess, the engine,
 the panoptic merge, the PNG and the segments_info JSON. Here the same stages run one request at a time on the same
-engine options, each timed in CPU milliseconds of this process (the engine's pool threads included). Set against
-the stubs' CPU per request in the server, the difference is what the Python backend adds (its IPC and request
-handling).
+engine options, each timed in CPU milliseconds of this process (the engine's pool threads included: a pool that
+spins after a run shows its spinning in the stages after the engine). Set against the stubs' CPU per request in the
+server, the difference is what the Python backend adds (its IPC and request handling).
 """
 
 from __future__ import annotations

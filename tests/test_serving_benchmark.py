@@ -56,8 +56,10 @@ def test_per_request_accounting_differences_two_snapshots():
     before = Snapshot({**timers, "requests": 10.0, "executions": 10.0}, {"server": 1.0, "stubs": 5.0})
     after = Snapshot({**timers, "request": 40_000.0, "queue": 4_000.0, "compute_infer": 30_000.0, "requests": 14.0,
                       "executions": 12.0}, {"server": 1.004, "stubs": 5.08})
-    ms = per_request(before, after, client_cpu_seconds=0.004)
+    ms = per_request([(before, after)], client_cpu_seconds=0.004)
     assert ms["request_ms"] == 10.0 and ms["queue_ms"] == 1.0 and ms["compute_infer_ms"] == 7.5
     assert ms["cpu_server_ms"] == 1.0 and ms["cpu_stubs_ms"] == 20.0 and ms["cpu_client_ms"] == 1.0
     assert ms["requests_per_execution"] == 2.0
-    assert per_request(before, before, 0.0) == {}
+    twice = per_request([(before, after), (before, after)], client_cpu_seconds=0.008)  # rounds add up
+    assert twice == ms
+    assert per_request([(before, before)], 0.0) == {}
