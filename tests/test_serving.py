@@ -180,7 +180,8 @@ def test_export_defaults_two_cpu_instances_without_queue_delay_and_one_gpu_insta
     config = (out / MODEL_NAME / "config.pbtxt").read_text()
     assert "instance_group [ { count: 2 kind: KIND_CPU } ]" in config
     assert "dynamic_batching { max_queue_delay_microseconds: 0 }" in config
-    assert "2 instance(s) of kind CPU" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "2 instance(s) of kind CPU" in readme and "The instances share the machine's physical cores" in readme
     gpu = work / "gpu_repository"
     assert export_triton_main([str(model), "-o", str(gpu), "--kind", "gpu", "--execution-env", "/env"]) == 0
     assert "count: 1 kind: KIND_GPU" in (gpu / MODEL_NAME / "config.pbtxt").read_text()
