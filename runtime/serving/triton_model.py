@@ -10,6 +10,7 @@ naming the problem; the other requests of the batch are answered normally and th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,49 @@ def config_parameters(config: dict[str, Any]) -> dict[str, str]:
     return {k: str(v.get("string_value", "")) for k, v in config.get("parameters", {}).items()}
 
 
+def instance_count(config: dict[str, Any]) -> int:
+    """How many instances of the model the config asks for (summed over its instance groups; Triton's default 1)."""
+    groups = config.get("instance_group") or [{}]
+    return max(1, sum(int(g.get("count", 1)) for g in groups))
+
+
+def engine_options(threads: str, instances: int, cores: int | None = None) -> dict[str, Any]:
+    """ONNX Runtime options of one instance. Why: instances run side by side on the same cores, so by default
+    (``threads`` empty) they share the physical cores instead of each taking all of them, and with several
+    instances ORT's worker threads do not busy-wait after a run (spinning would take CPU from the other instances:
+    on 2 shared cores a spinning pool of 2 threads more than doubled the CPU per image). ``cores``: physical cores
+    (default: this machine's)."""
+    if threads:
+        count: int | None = int(threads)
+    else:
+        count = None if instances == 1 else max(1, (cores or physical_cores()) // instances)
+    options: dict[str, Any] = {} if count is None else {"intra_op_threads": count}
+    if instances > 1:
+        options["allow_spinning"] = False
+    return options
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once), as ONNX Runtime counts its default
+    threads; all logical CPUs where the topology is not readable."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
 def service_from_parameters(version_dir: Path, params: dict[str, str], max_batch: int,
-                            pb_utils: Any = None) -> PanopticService:
-    """The service the config describes, with its resize and thread settings: on the engine in
-    ``version_dir/engine``, or (native repository) on the graphs its description names, called through BLS with
-    ``pb_utils``."""
+                            pb_utils: Any = None, instances: int = 1) -> PanopticService:
+    """The service the config describes, with its resize and thread settings (``engine_options``: ``instances``
+    share the cores): on the engine in ``version_dir/engine``, or (native repository) on the graphs its description
+    names, called through BLS with ``pb_utils``."""
     max_size: int | None | str = "model"
     if params.get(PARAM_MAX_SIZE):
         max_size = None if params[PARAM_MAX_SIZE] == "none" else int(params[PARAM_MAX_SIZE])
@@ -52,11 +91,8 @@ def service_from_parameters(version_dir: Path, params: dict[str, str], max_batch
     if params.get(PARAM_ENGINES) == ENGINES_NATIVE:
         return PanopticService(load_native_model(version_dir, pb_utils), size=size, max_size=max_size,
                                max_batch=max_batch)
-    threads = params.get(PARAM_THREADS, "")
     engine = version_dir / ENGINE_DIR / params[PARAM_ENGINE]
-    options: dict[str, Any] = {}
-    if threads and engine.suffix == ".onnx":
-        options["intra_op_threads"] = int(threads)
+    options = engine_options(params.get(PARAM_THREADS, ""), instances) if engine.suffix == ".onnx" else {}
     return PanopticService(engine, params.get(PARAM_BACKEND) or None, options, size, max_size, max_batch)
 
 
@@ -70,7 +106,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.service = service_from_parameters(version_dir, config_parameters(config),
-                                               max(1, int(config.get("max_batch_size", 1))), pb_utils)
+                                               max(1, int(config.get("max_batch_size", 1))), pb_utils,
+                                               instance_count(config))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         parsed: list[list[ImageRequest] | str] = [self._parse(r) for r in requests]
