@@ -3,6 +3,7 @@ every stage, and the stage-reuse rules on fake in-process stages (cheap)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -34,7 +35,7 @@ from runtime.panoptic_format import read_panoptic_png
 from runtime.pq import GROUPS, PQStat, pq_image_stats
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "nms", "bench")
+STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "nms", "int8-cpu", "bench")
 
 
 def _run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -49,7 +50,7 @@ def quick(tmp_path_factory):
     first = _run_demo(out)
     assert first.returncode == 0, first.stderr[-3000:]
     watched = [out / "stage1" / "checkpoint.pth", out / "stage2" / "checkpoint.pth", out / "model.onnx",
-               out / "pq.json", out / "bench" / "report.json"]
+               out / "pq.json", out / "model_int8_cpu.onnx", out / "pq_int8_cpu.json", out / "bench" / "report.json"]
     mtimes = {p: p.stat().st_mtime_ns for p in watched}
     second = _run_demo(out)
     return {"out": out, "first": first, "second": second, "mtimes": mtimes}
@@ -63,7 +64,8 @@ def test_every_artifact_exists(quick):
     out = quick["out"]
     for rel in ("stage1/checkpoint.pth", "stage1/log.jsonl", "stage2/checkpoint.pth", "model.onnx",
                 "model.masks.onnx", "export_report.json", "infer/predictions.json", "pq.json", "pq_nms.json",
-                "infer_nms/predictions.json", "bench/report.json",
+                "infer_nms/predictions.json", "model_int8_cpu.onnx", "model_int8_cpu.masks.onnx",
+                "precision_int8_cpu.json", "infer_int8_cpu/predictions.json", "pq_int8_cpu.json", "bench/report.json",
                 "bench/report.md", "summary.md", "summary.json"):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     gt = _load(out / "data" / "annotations" / "panoptic_val2017.json")
@@ -103,6 +105,47 @@ def test_summary_numbers_are_the_eval_and_bench_numbers(quick):
         assert mine["speedup_vs_eager"] == pytest.approx(eager[r["batch"]] / r["latency_ms"]["mean"])
         assert f"| {r['backend']} | {r['batch']} | {r['latency_ms']['mean']:.1f} |" in md
     assert "**PASSED**" in md
+
+
+def test_int8_cpu_variant_is_calibrated_on_train_images_only(quick):
+    from runtime.filehash import file_sha256
+    from runtime.model_info import read_precision
+
+    out = quick["out"]
+    report = _load(out / "precision_int8_cpu.json")["int8"]
+    count = demo.SIZES["quick"]["calibration_images"]
+    train = sorted((out / "data" / "train2017").glob("*.jpg"))[:count]
+    # independent reference: the digest export.precision records is sha256 over the images' sha256s, in order
+    assert report["images"] == count and report["images_sha256"] == hashlib.sha256(
+        "".join(file_sha256(p) for p in train).encode()).hexdigest()
+    line = next(c for c in _load(out / "summary.json")["commands"] if " -m export.precision " in c)
+    assert "train2017" in line and "val2017" not in line and "--int8-target cpu" in line
+    precision = read_precision(out / "model_int8_cpu.onnx")
+    assert (precision.precision, precision.int8_target, precision.calibration_images) == ("int8", "cpu", count)
+
+
+def test_summary_precision_table_is_the_eval_and_bench_numbers(quick):
+    out = quick["out"]
+    summary, md = _load(out / "summary.json"), (out / "summary.md").read_text()
+    fp32, int8 = _load(out / "pq.json"), _load(out / "pq_int8_cpu.json")
+    p = summary["precision"]
+    assert [m["precision"] for m in p["models"]] == ["fp32", "int8-cpu"]
+    for model, pq in zip(p["models"], (fp32, int8), strict=True):
+        assert all(model[g] == pq[g]["pq"] for g, _ in GROUPS)
+        assert (f"| {model['model']} | {model['precision']} | "
+                + " | ".join(f"{100 * pq[g]['pq']:.1f}" for g, _ in GROUPS) + " | ") in md
+    assert p["pq_drop_points"] == pytest.approx(100 * (fp32["All"]["pq"] - int8["All"]["pq"]))
+    assert p["target_met"] == (p["pq_drop_points"] <= 1.0)
+    assert f"INT8 CPU PQ within 1.0 point of fp32 (fp32 minus INT8 CPU: {p['pq_drop_points']:.1f} points: " in md
+    bench = {(r["backend"], r["batch"]): r for r in _load(out / "bench" / "report.json")["results"]}
+    for model in p["models"]:  # both timed in the one bench run, next to eager
+        row = bench[f"onnxruntime {model['precision']}", 1]
+        assert row["precision"] == model["precision"] and model["mean_ms"] == row["latency_ms"]["mean"]
+        assert model["speedup_vs_fp32"] == pytest.approx(
+            bench["onnxruntime fp32", 1]["latency_ms"]["mean"] / row["latency_ms"]["mean"])
+        assert model["speedup_vs_eager"] == pytest.approx(bench["eager", 1]["latency_ms"]["mean"]
+                                                          / row["latency_ms"]["mean"])
+    assert "## Reduced precision: the INT8 CPU model" in md
 
 
 def test_summary_links_resolve_and_docs_copy_is_self_contained(quick, tmp_path):
@@ -418,3 +461,21 @@ def test_recipe_precision_follows_the_cpu_probe(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(train.recipes)
+
+
+def test_precision_section_states_the_int8_target_and_leaves_missing_latency_blank():
+    models = [{"model": "model.onnx", "precision": "fp32", "All": 0.50, "Things": 0.30, "Stuff": 0.70, "batch": None,
+               "mean_ms": None, "speedup_vs_eager": None, "speedup_vs_fp32": None,
+               "pixel_agreement_with_eager": None},
+              {"model": "model_int8_cpu.onnx", "precision": "int8-cpu", "All": 0.475, "Things": 0.25, "Stuff": 0.70,
+               "batch": None, "mean_ms": None, "speedup_vs_eager": None, "speedup_vs_fp32": None,
+               "pixel_agreement_with_eager": None}]
+    summary = _summary(60)
+    summary["precision"] = {"models": models, "pq_drop_points": 2.5, "max_pq_drop_points": 1.0, "target_met": False,
+                            "calibration_images": 8, "calibration_method": "minmax", "float_blocks": ["decoder"]}
+    summary["reports"].update(pq_int8_cpu="pq_int8_cpu.json", precision_int8_cpu="precision_int8_cpu.json")
+    text = render_markdown(summary)
+    assert "| model_int8_cpu.onnx | int8-cpu | 47.5 | 25.0 | 70.0 | -2.5 | - | - | - | - |" in text
+    assert "(fp32 minus INT8 CPU: 2.5 points: NOT met)" in text
+    assert "first 8 *train* images" in text and "sweep: decoder" in text
+    assert "Reduced precision" not in render_markdown(_summary(60))  # no variant stage: no section

@@ -1,6 +1,7 @@
 """The end-to-end demo on the built-in synthetic data: dataset -> detection training -> mask-head training -> verified
-ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> the same with the optional box NMS ->
-latency against eager -> OUT/summary.md.
+ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> the same with the optional box NMS -> the INT8
+CPU variant (`python -m export.precision`, calibrated on train images) and its PQ -> latency of both models against
+eager -> OUT/summary.md.
 
 It only chains the real commands (printed as copyable shell lines, run as subprocesses); training flags come from
 train/recipes.py alone. A rerun reuses every stage whose outputs are complete and newer than its inputs and whose
@@ -33,14 +34,16 @@ from train.recipes import RECIPES, machine
 PROG = "python -m benchmarks.demo"
 NMS_IOU = "0.5"  # the demo's extra run with panseg-rt infer --nms-iou (a common NMS IoU; not tuned on the val set)
 
-# Per size: the dataset (train.prepare synthetic flags), the recipe, export verification and the benchmark's extent.
+# Per size: the dataset (train.prepare synthetic flags), the recipe, export verification, the INT8 calibration images
+# (the first N train images; never val, which measures it) and the benchmark's extent.
 SIZES = {
-    "full": {"dataset": [], "recipe": "demo", "verify": [], "bench_images": 4,
+    "full": {"dataset": [], "recipe": "demo", "verify": [], "calibration_images": 8, "bench_images": 4,
              "bench": ["--iterations", "10", "--warmup", "1"]},
     "quick": {"dataset": ["--train", "256", "--val", "16", "--size", "64"], "recipe": "quick",
-              "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "bench_images": 2,
-              "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
+              "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "calibration_images": 8,
+              "bench_images": 2, "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
 }
+INT8_CPU = "int8_cpu"  # the INT8 CPU variant's files: model_int8_cpu.onnx, infer_int8_cpu/, pq_int8_cpu.json
 
 
 def plan(out: Path, size: str) -> list[Stage]:
@@ -55,6 +58,8 @@ def plan(out: Path, size: str) -> list[Stage]:
     ckpt1, ckpt2 = out / "stage1" / "checkpoint.pth", out / "stage2" / "checkpoint.pth"
     onnx, masks_onnx = out / "model.onnx", out / "model.masks.onnx"
     infer, pred_json = out / "infer", out / "infer" / "predictions.json"
+    int8, int8_masks = out / f"model_{INT8_CPU}.onnx", out / f"model_{INT8_CPU}.masks.onnx"
+    infer_int8 = out / f"infer_{INT8_CPU}"
     bench_photos = out / "bench_images"
 
     def runtime(*args: str) -> Command:
@@ -90,12 +95,23 @@ def plan(out: Path, size: str) -> list[Stage]:
                     "--json", str(out / "pq_nms.json")),
         ), inputs=(onnx, masks_onnx, gt_json), outputs=(out / "pq_nms.json",),
             description=f"the same with the optional box NMS among things (--nms-iou {NMS_IOU}; off by default)"),
+        Stage("int8-cpu", (
+            Command((py, "-m", "export.precision", str(onnx), "-o", str(int8), "--precision", "int8",
+                     "--int8-target", "cpu", "--calibration-images", str(data / "train2017"), "--max-images",
+                     str(cfg["calibration_images"]), "--json", str(out / f"precision_{INT8_CPU}.json"))),
+            runtime("infer", str(int8), str(val_images), "-o", str(infer_int8), "--coco-json", str(gt_json)),
+            runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
+                    str(infer_int8 / "predictions.json"), "--pred-folder", str(infer_int8 / "panoptic"), "--json",
+                    str(out / f"pq_{INT8_CPU}.json")),
+        ), inputs=(onnx, masks_onnx, gt_json),
+            outputs=(int8, int8_masks, out / f"precision_{INT8_CPU}.json", out / f"pq_{INT8_CPU}.json"),
+            description="the INT8 CPU variant (U8S8, calibrated on train images) and its PQ on val"),
         Stage("bench", (
             CopyFirstFiles(val_images, "*.jpg", cfg["bench_images"], bench_photos),
-            Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), "--images",
-                     str(bench_photos), "-o", str(out / "bench"), *cfg["bench"])),
-        ), inputs=(ckpt2, onnx, masks_onnx), outputs=(out / "bench" / "report.json",),
-            description="latency: ONNX Runtime against PyTorch eager"),
+            Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), str(int8),
+                     "--images", str(bench_photos), "-o", str(out / "bench"), *cfg["bench"])),
+        ), inputs=(ckpt2, onnx, masks_onnx, int8, int8_masks), outputs=(out / "bench" / "report.json",),
+            description="latency: ONNX Runtime (fp32 and INT8 CPU) against PyTorch eager"),
     ]
 
 
