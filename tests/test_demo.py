@@ -136,7 +136,8 @@ def test_summary_precision_table_is_the_eval_and_bench_numbers(quick):
                 + " | ".join(f"{100 * pq[g]['pq']:.1f}" for g, _ in GROUPS) + " | ") in md
     assert p["pq_drop_points"] == pytest.approx(100 * (fp32["All"]["pq"] - int8["All"]["pq"]))
     assert p["target_met"] == (p["pq_drop_points"] <= 1.0)
-    assert f"INT8 CPU PQ within 1.0 point of fp32 (fp32 minus INT8 CPU: {p['pq_drop_points']:.1f} points: " in md
+    drop = round(p["pq_drop_points"], 1) + 0.0  # no "-0.0"
+    assert f"INT8 CPU PQ within 1.0 point of fp32 (fp32 minus INT8 CPU: {drop:.1f} points: " in md
     bench = {(r["backend"], r["batch"]): r for r in _load(out / "bench" / "report.json")["results"]}
     for model in p["models"]:  # both timed in the one bench run, next to eager
         row = bench[f"onnxruntime {model['precision']}", 1]
@@ -477,5 +478,5 @@ def test_precision_section_states_the_int8_target_and_leaves_missing_latency_bla
     text = render_markdown(summary)
     assert "| model_int8_cpu.onnx | int8-cpu | 47.5 | 25.0 | 70.0 | -2.5 | - | - | - | - |" in text
     assert "(fp32 minus INT8 CPU: 2.5 points: NOT met)" in text
-    assert "first 8 *train* images" in text and "sweep: decoder" in text
+    assert "first 8 *train* images" in text and "sweep chose: decoder" in text
     assert "Reduced precision" not in render_markdown(_summary(60))  # no variant stage: no section

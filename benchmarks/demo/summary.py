@@ -230,8 +230,8 @@ def _precision_markdown(summary: Mapping[str, Any], link: Callable[[str], str]) 
     out = ["## Reduced precision: the INT8 CPU model", "",
            f"`python -m export.precision model.onnx --precision int8 --int8-target cpu`: uint8 activations and int8 "
            f"weights (U8S8), {p['calibration_method']} calibration on the first {p['calibration_images']} *train* "
-           f"images (never val), kept in float by the measured sensitivity sweep: "
-           f"{', '.join(p['float_blocks']) or 'nothing'} (`{link(reports['precision_int8_cpu'])}`). Both models ran "
+           f"images (never val); blocks kept in float, as the measured sensitivity sweep chose: "
+           f"{', '.join(p['float_blocks']) or 'none'} (`{link(reports['precision_int8_cpu'])}`). Both models ran "
            f"`panseg-rt infer` + `panseg-rt eval` on the same val set (`{link(reports['pq'])}`, "
            f"`{link(reports['pq_int8_cpu'])}`) and were timed in the same bench run (ONNX Runtime, CPU).", ""]
     out += table(["model", "precision", "PQ", "PQ things", "PQ stuff", "PQ vs fp32", "mean ms", "speedup vs eager",
@@ -242,7 +242,7 @@ def _precision_markdown(summary: Mapping[str, Any], link: Callable[[str], str]) 
                    _optional(m["speedup_vs_fp32"], ".2f") + ("x" if m["speedup_vs_fp32"] is not None else ""),
                    _optional(m["pixel_agreement_with_eager"], ".4f")] for m in p["models"]])
     out += [f"Target (issue 15): INT8 CPU PQ within {p['max_pq_drop_points']:.1f} point of fp32 "
-            f"(fp32 minus INT8 CPU: {p['pq_drop_points']:.1f} points: {_met(p['target_met'])})."
+            f"(fp32 minus INT8 CPU: {round(p['pq_drop_points'], 1) + 0.0:.1f} points: {_met(p['target_met'])})."
             + _on_machine(summary), ""]
     return out
 
