@@ -231,9 +231,9 @@ def _start_runs(spec: BackendSpec, model_files: dict[str, list[Path]], loaded: L
     if spec.runtime_backend is None:
         pipeline = EagerPipeline(loaded.model, {c.id: bool(c.isthing) for c in loaded.categories.values()},
                                  settings, info.mask_stride if info else 4)
-        return [(None, pipeline, {**record, "model": "the checkpoint, PyTorch float32", "precision": FP32,
-                                  "copies": pipeline.copies, "flops": pipeline.flops_kind,
-                                  "load_rss_mb": eager_load_rss / 2**20})]
+        return [(None, pipeline, {**record, "model": "the checkpoint", "precision": FP32,
+                                  "precision_detail": "fp32 (PyTorch)", "copies": pipeline.copies,
+                                  "flops": pipeline.flops_kind, "load_rss_mb": eager_load_rss / 2**20})]
     started = []
     for path in model_files[spec.model_file]:  # prepare_models provides every needed file
         before = hardware.current_rss()
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             if name in skipped:
                 backend_records[name] = {"description": spec.description, "status": "skipped",
                                          "note": skipped[name], "runner": name, "model": None, "precision": None,
-                                         "copies": "-", "flops": "-", "load_rss_mb": 0.0}
+                                         "precision_detail": None, "copies": "-", "flops": "-", "load_rss_mb": 0.0}
                 continue
             started = _start_runs(spec, model_files, loaded, settings, info, args.threads, eager_load_rss, stack)
             names = run_names(name, [(path, record["precision"]) for path, _, record in started])

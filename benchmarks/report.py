@@ -216,11 +216,16 @@ def markdown(report: Mapping[str, Any]) -> str:
                     *(_flops(r["flops_stages"][k]) for k in FLOP_STAGES), _flops(r["flops_stages"]["total"])]
                    for r in rows])
     out += ["## Agreement with eager (eager's output as ground truth)", ""]
-    out += table(["backend", "precision", "batch", "pixel agreement", "same segments", "PQ vs eager",
-                   "segments (eager / backend)"],
-                  [[r["backend"], r["precision"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",
-                    f"{r['agreement']['same_segments']:.2f}", f"{r['agreement']['pq']:.4f}",
-                    f"{r['agreement']['segments_reference']} / {r['agreement']['segments_backend']}"] for r in rows])
+    compared = [r for r in rows if r["agreement"] is not None]
+    if not compared:
+        out += ["Not measured: eager did not run.", ""]
+    else:
+        out += table(["backend", "precision", "batch", "pixel agreement", "same segments", "PQ vs eager",
+                      "segments (eager / backend)"],
+                     [[r["backend"], r["precision"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",
+                       f"{r['agreement']['same_segments']:.2f}", f"{r['agreement']['pq']:.4f}",
+                       f"{r['agreement']['segments_reference']} / {r['agreement']['segments_backend']}"]
+                      for r in compared])
     memory = report["memory"]
     out += ["## Memory", "",
             f"Process peak RSS (all backends in one process): {memory['process_peak_rss_mb']:.0f} MB. "
@@ -232,7 +237,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     out += ["## Backends", ""]
     out += table(["backend", "status", "what", "model", "precision"],
                   [[name, b["status"] + (f": {b['note']}" if b.get("note") else ""), b["description"],
-                    b["model"] or "-", b.get("precision_detail") or b["precision"] or "-"]
+                    b["model"] or "-", b["precision_detail"] or "-"]
                    for name, b in report["backends"].items()])
     out += [f"Plots: [{LATENCY_PLOT}]({LATENCY_PLOT}), [{STAGES_PLOT}]({STAGES_PLOT}).", "",
             "## Machine", ""]

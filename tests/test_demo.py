@@ -149,6 +149,39 @@ def test_summary_precision_table_is_the_eval_and_bench_numbers(quick):
     assert "## Reduced precision: the INT8 CPU model" in md
 
 
+def test_precision_benchmark_scores_the_demo_models_variant_against_the_ground_truth(quick, tmp_path):
+    """benchmarks.precision on the trained demo model: the variant it makes is the demo's (same calibration), and its
+    in-memory PQ against the val ground truth is what panseg-rt infer + eval wrote for both models."""
+    from benchmarks.precision import main as precision_benchmark
+
+    out = quick["out"]
+    assert precision_benchmark(["--model", str(out / "model.onnx"), "--coco-path", str(out / "data"), "--variants",
+                                "int8-cpu", "--max-images", str(demo.SIZES["quick"]["calibration_images"]),
+                                "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = {r["model"]: r for r in _load(tmp_path / "report.json")["rows"]}
+    assert list(rows) == ["fp32", "int8-cpu"]
+    made = _load(tmp_path / "model-int8-cpu.json")["int8"]
+    assert made["images_sha256"] == _load(out / "precision_int8_cpu.json")["int8"]["images_sha256"]
+    for name, pq_file in (("fp32", "pq.json"), ("int8-cpu", "pq_int8_cpu.json")):
+        evaluated = _load(out / pq_file)
+        assert rows[name]["pq"] == pytest.approx({g: 100 * evaluated[g]["pq"] for g, _ in GROUPS}, abs=1e-9), name
+    int8 = rows["int8-cpu"]
+    assert int8["pq_drop_points"] == pytest.approx(rows["fp32"]["pq"]["All"] - int8["pq"]["All"])
+    assert int8["max_pq_drop_points"] == 1.0 and int8["target_met"] == (int8["pq_drop_points"] <= 1.0)
+    assert rows["fp32"]["pq_vs_fp32"] == 100.0 and 0.0 <= int8["category_agreement"] <= 1.0
+    md = (tmp_path / "report.md").read_text()
+    assert f"| int8-cpu | {int8['ms_per_image']} | {int8['speedup_vs_fp32']:.2f}x | " in md
+    assert f"| {int8['pq']['All']:.1f} | {int8['pq']['Things']:.1f} | {int8['pq']['Stuff']:.1f} | " in md
+
+
+def test_precision_benchmark_needs_model_and_dataset_together(tmp_path, capsys):
+    from benchmarks.precision import main as precision_benchmark
+
+    assert precision_benchmark(["--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model and --coco-path go together" in err
+
+
 def test_summary_links_resolve_and_docs_copy_is_self_contained(quick, tmp_path):
     out = quick["out"]
     links = re.findall(r"\]\(([^)]+)\)", (out / "summary.md").read_text())

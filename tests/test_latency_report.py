@@ -484,3 +484,13 @@ def test_a_model_given_twice_is_a_one_line_error(report, tmp_path, capsys):
                  str(out / "model.onnx"), str(out / ".." / "report" / "model.onnx")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "given twice to --onnx" in err and "\n" not in err
+
+
+def test_a_report_without_eager_says_agreement_was_not_measured(report):
+    from benchmarks.report import markdown
+
+    data = json.loads(json.dumps(report[0]))
+    data["results"] = [{**r, "agreement": None, "speedup_vs_eager": None} for r in data["results"]
+                       if r["backend"] != "eager"]
+    text = markdown(data)
+    assert "Not measured: eager did not run." in text and f"| {SPARSE} | fp32 | 1 | " in text

@@ -26,6 +26,7 @@ from benchmarks.demo.stages import (
     reuse_or_run,
 )
 from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
+from benchmarks.precision_variants import VARIANTS
 from runtime.errors import PansegError
 from runtime.subcommands import ArgumentParser, add_deprecated, report_errors
 from runtime.timefmt import format_duration
@@ -96,9 +97,9 @@ def plan(out: Path, size: str) -> list[Stage]:
         ), inputs=(onnx, masks_onnx, gt_json), outputs=(out / "pq_nms.json",),
             description=f"the same with the optional box NMS among things (--nms-iou {NMS_IOU}; off by default)"),
         Stage("int8-cpu", (
-            Command((py, "-m", "export.precision", str(onnx), "-o", str(int8), "--precision", "int8",
-                     "--int8-target", "cpu", "--calibration-images", str(data / "train2017"), "--max-images",
-                     str(cfg["calibration_images"]), "--json", str(out / f"precision_{INT8_CPU}.json"))),
+            Command((py, "-m", "export.precision", str(onnx), "-o", str(int8), *VARIANTS["int8-cpu"],
+                     "--calibration-images", str(data / "train2017"), "--max-images", str(cfg["calibration_images"]),
+                     "--json", str(out / f"precision_{INT8_CPU}.json"))),
             runtime("infer", str(int8), str(val_images), "-o", str(infer_int8), "--coco-json", str(gt_json)),
             runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
                     str(infer_int8 / "predictions.json"), "--pred-folder", str(infer_int8 / "panoptic"), "--json",
