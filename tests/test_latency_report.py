@@ -494,3 +494,12 @@ def test_a_report_without_eager_says_agreement_was_not_measured(report):
                        if r["backend"] != "eager"]
     text = markdown(data)
     assert "Not measured: eager did not run." in text and f"| {SPARSE} | fp32 | 1 | " in text
+
+
+def test_precision_labels_are_the_benchmarks_variant_names():
+    from benchmarks.precision_variants import MAX_PQ_DROP, VARIANTS
+    from runtime.model_info import PrecisionInfo
+
+    assert PrecisionInfo().label == "fp32"
+    labels = {PrecisionInfo("fp16").label, PrecisionInfo("int8", "cpu").label, PrecisionInfo("int8", "tensorrt").label}
+    assert labels == set(VARIANTS) == set(MAX_PQ_DROP) == {"fp16", "int8-cpu", "int8-tensorrt"}
