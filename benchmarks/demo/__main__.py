@@ -25,8 +25,9 @@ from benchmarks.demo.stages import (
     remove_output,
     reuse_or_run,
 )
-from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
+from benchmarks.demo.summary import INT8_CPU_FILES, build_summary, copy_to_docs, write_summary
 from benchmarks.precision_variants import VARIANTS
+from runtime.contract import mask_graph_name
 from runtime.errors import PansegError
 from runtime.subcommands import ArgumentParser, add_deprecated, report_errors
 from runtime.timefmt import format_duration
@@ -44,7 +45,6 @@ SIZES = {
               "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "calibration_images": 8,
               "bench_images": 2, "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
 }
-INT8_CPU = "int8_cpu"  # the INT8 CPU variant's files: model_int8_cpu.onnx, infer_int8_cpu/, pq_int8_cpu.json
 
 
 def plan(out: Path, size: str) -> list[Stage]:
@@ -59,8 +59,9 @@ def plan(out: Path, size: str) -> list[Stage]:
     ckpt1, ckpt2 = out / "stage1" / "checkpoint.pth", out / "stage2" / "checkpoint.pth"
     onnx, masks_onnx = out / "model.onnx", out / "model.masks.onnx"
     infer, pred_json = out / "infer", out / "infer" / "predictions.json"
-    int8, int8_masks = out / f"model_{INT8_CPU}.onnx", out / f"model_{INT8_CPU}.masks.onnx"
-    infer_int8 = out / f"infer_{INT8_CPU}"
+    int8 = out / INT8_CPU_FILES["model"]
+    int8_masks, infer_int8 = out / mask_graph_name(int8), out / "infer_int8_cpu"
+    int8_report, int8_pq = out / INT8_CPU_FILES["report"], out / INT8_CPU_FILES["pq"]
     bench_photos = out / "bench_images"
 
     def runtime(*args: str) -> Command:
@@ -99,13 +100,12 @@ def plan(out: Path, size: str) -> list[Stage]:
         Stage("int8-cpu", (
             Command((py, "-m", "export.precision", str(onnx), "-o", str(int8), *VARIANTS["int8-cpu"],
                      "--calibration-images", str(data / "train2017"), "--max-images", str(cfg["calibration_images"]),
-                     "--json", str(out / f"precision_{INT8_CPU}.json"))),
+                     "--json", str(int8_report))),
             runtime("infer", str(int8), str(val_images), "-o", str(infer_int8), "--coco-json", str(gt_json)),
             runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
                     str(infer_int8 / "predictions.json"), "--pred-folder", str(infer_int8 / "panoptic"), "--json",
-                    str(out / f"pq_{INT8_CPU}.json")),
-        ), inputs=(onnx, masks_onnx, gt_json),
-            outputs=(int8, int8_masks, out / f"precision_{INT8_CPU}.json", out / f"pq_{INT8_CPU}.json"),
+                    str(int8_pq)),
+        ), inputs=(onnx, masks_onnx, gt_json), outputs=(int8, int8_masks, int8_report, int8_pq),
             description="the INT8 CPU variant (U8S8, calibrated on train images) and its PQ on val"),
         Stage("bench", (
             CopyFirstFiles(val_images, "*.jpg", cfg["bench_images"], bench_photos),

@@ -24,6 +24,7 @@ OVERLAYS_SHOWN = 4
 PQ_TARGETS = {"full": {"All": 0.55, "Things": 0.25}}
 TRAINING_MINUTES_TARGET = {"full": 12.0}
 DEMO_MINUTES_TARGET = {"full": 20.0}
+# What the demo's int8-cpu stage writes into OUT (benchmarks/demo/__main__.py plans it with these names).
 INT8_CPU_FILES = {"model": "model_int8_cpu.onnx", "pq": "pq_int8_cpu.json", "report": "precision_int8_cpu.json"}
 
 
