@@ -1,8 +1,8 @@
 """End-to-end latency of every available backend against PyTorch eager, same photos, same run, same threads.
 
     python -m benchmarks.latency -o bench/latency                        # DETR-R50 (random weights) on photos
-    python -m benchmarks.latency --checkpoint ckpt.pth --images DIR -o DIR [--onnx model.onnx]
-        [--onnx-full model_full.onnx] [--plan model.plan] [--backends eager,onnxruntime,onnxruntime-full,tensorrt]
+    python -m benchmarks.latency --checkpoint ckpt.pth --images DIR -o DIR [--onnx model.onnx [int8.onnx ...]]
+        [--onnx-full model_full.onnx] [--plan model.plan [...]] [--backends eager,onnxruntime,onnxruntime-full,tensorrt]
         [--size 800] [--batch 1,2] [--warmup N --iterations N] [--threads N]
 
 Backends (benchmarks/pipelines.py): eager (PyTorch + detr's PostProcessPanoptic), onnxruntime (the runtime's infer
@@ -10,9 +10,12 @@ path on the exported model, CPU: the query-sparse pair by default), onnxruntime-
 graph, every query's mask), onnxruntime-cuda / onnxruntime-tensorrt (ONNX Runtime GPU providers) and tensorrt (a
 .plan); those that cannot run here are listed in the report as skipped, with the reason. Without --onnx /
 --onnx-full the checkpoint is exported (and verified) into the output folder first (model.onnx + model.masks.onnx,
-model_full.onnx). Calls are interleaved round-robin (benchmarks/interleave.py). FLOPs per stage are counted at each
-backend's own kept-query count in the run (benchmarks/flops.py). The report (report.md, report.json, two PNGs) is
-described in benchmarks/report.py.
+model_full.onnx). Several --onnx (or --plan) files, e.g. the fp32 export and its precision variants from
+python -m export.precision, are timed in the same run: one row per (backend, model), named and labelled with the
+precision the model's metadata records, each with its speedup against eager and against the same backend's fp32 model
+and its agreement with eager. Calls are interleaved round-robin across every backend and model
+(benchmarks/interleave.py). FLOPs per stage are counted at each backend's own kept-query count in the run
+(benchmarks/flops.py). The report (report.md, report.json, two PNGs) is described in benchmarks/report.py.
 """
 
 from __future__ import annotations
@@ -29,29 +32,34 @@ import torch
 
 from benchmarks import defaults, hardware
 from benchmarks.agreement import agreement
-from benchmarks.command_line import shell_line
+from benchmarks.command_line import repo_relative, shell_line
 from benchmarks.detr_reference import detr_eval_batch
 from benchmarks.flops import STAGE_DESCRIPTIONS, count_call_flops, kept_queries
 from benchmarks.interleave import image_groups, run_interleaved
 from benchmarks.pipelines import (
     BACKENDS,
+    BackendSpec,
     EagerPipeline,
     ResizeSettings,
     batch_key,
     build_runtime_pipeline,
+    run_names,
     unavailable_reason,
 )
 from benchmarks.report import JSON_VERSION, add_speedups, markdown, result_row, warnings_for, write_report
 from export.onnx import export_checkpoint
 from export.onnx.loading import LoadedCheckpoint, load_for_export
 from runtime.backends import select_backend
-from runtime.contract import IMAGE_EXTENSIONS
+from runtime.contract import FP32, IMAGE_EXTENSIONS
 from runtime.errors import PansegError
 from runtime.model_info import ModelInfo, parse_model_info
 from runtime.postprocess import DEFAULT_THRESHOLD
 from runtime.subcommands import ArgumentParser, add_deprecated, non_negative_int, positive_int
 
 VERIFY_MAX_IMAGES = 2
+REDUCED_PRECISION_NOTE = ("reduced-precision models (python -m export.precision) are credited with the same FLOPs as "
+                          "fp32, so their share of peak is against the fp32 matmul peak; speedup vs fp32 compares "
+                          "each with the same backend's fp32 model in this run")
 SPARSE_EXPORT_NAME = "model.onnx"  # + model.masks.onnx
 FULL_EXPORT_NAME = "model_full.onnx"
 
@@ -84,15 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                "rocket as JPEG)")
     p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
     add_deprecated(p, "--out", "-o/--output", type=Path)
-    p.add_argument("--onnx", type=Path, help="exported model the onnxruntime backend runs (default: export the "
-                                             "checkpoint's query-sparse pair into -o/--output)")
+    p.add_argument("--onnx", type=Path, nargs="+", action="extend",
+                   help="exported model(s) the onnxruntime backends run, one row each, e.g. fp32.onnx int8.onnx "
+                        "(default: export the checkpoint's query-sparse pair into -o/--output); the first one's "
+                        "metadata sets the resize policy and threshold")
     p.add_argument("--onnx-full", type=Path,
                    help="detr's single-graph export the onnxruntime-full backend runs (default: export it into "
                         "-o/--output, or reuse --onnx when that is a single graph)")
     p.add_argument("--full", action="store_true",
                    help="when exporting for --onnx: detr's single graph instead of query-sparse")
-    p.add_argument("--plan", type=Path, help="TensorRT .plan for the tensorrt backend")
-    add_deprecated(p, "--engine", "--plan", type=Path)
+    p.add_argument("--plan", type=Path, nargs="+", action="extend",
+                   help="TensorRT .plan file(s) for the tensorrt backend, one row each")
+    add_deprecated(p, "--engine", "--plan", "extend", type=Path, nargs="+")
     p.add_argument("--backends", type=_backend_list, default=list(BACKENDS),
                    help=f"comma-separated, from {', '.join(BACKENDS)} (default: all; unavailable ones are skipped "
                         "with a note)")
@@ -116,10 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for flag, path in (("--checkpoint", args.checkpoint), ("--onnx", args.onnx), ("--onnx-full", args.onnx_full),
-                       ("--plan", args.plan)):
+    given = [("--checkpoint", args.checkpoint), ("--onnx-full", args.onnx_full),
+             *(("--onnx", p) for p in args.onnx or []), *(("--plan", p) for p in args.plan or [])]
+    for flag, path in given:
         if path is not None and not path.is_file():
             raise PansegError(f"{path}: {flag} file not found")
+    for flag, paths in (("--onnx", args.onnx or []), ("--plan", args.plan or [])):
+        resolved = [p.resolve() for p in paths]
+        twice = next((p for k, p in enumerate(paths) if resolved[k] in resolved[:k]), None)
+        if twice is not None:
+            raise PansegError(f"{twice}: given twice to {flag}")
     if args.images is not None and not args.images.is_dir():
         raise PansegError(f"{args.images}: --images must be a folder of photos")
 
@@ -172,18 +189,20 @@ def _model_info(path: Path) -> ModelInfo:
 
 
 def prepare_models(args: argparse.Namespace, checkpoint: Path, photos: list[Path], needed: set[str],
-                   model_record: dict[str, Any]) -> tuple[dict[str, Path | None], ModelInfo | None]:
-    """The model file of each ``model_file`` kind the running backends need ("onnx", "onnx-full", "engine"),
-    exporting what was not given, and the metadata that decides the resize policy and threshold."""
+                   model_record: dict[str, Any]) -> tuple[dict[str, list[Path]], ModelInfo | None]:
+    """The model files of each ``model_file`` kind the running backends need ("onnx", "onnx-full", "engine"),
+    exporting what was not given, and the metadata that decides the resize policy and threshold (the first
+    --onnx's)."""
     out: Path = args.output
-    onnx_path, full_path = args.onnx, args.onnx_full
-    if onnx_path is None and "onnx" in needed:
-        onnx_path = out / SPARSE_EXPORT_NAME
-        model_record["export_seconds"] = _export(checkpoint, onnx_path, photos, args.full, args.no_progress)
+    onnx_paths, full_path = list(args.onnx or []), args.onnx_full
+    if not onnx_paths and "onnx" in needed:
+        onnx_paths = [out / SPARSE_EXPORT_NAME]
+        model_record["export_seconds"] = _export(checkpoint, onnx_paths[0], photos, args.full, args.no_progress)
+    onnx_path = onnx_paths[0] if onnx_paths else None
     info = full_info = None
     if onnx_path is not None:
         info = _model_info(onnx_path)
-        model_record.update(onnx=str(onnx_path), mask_graph=info.mask_graph,
+        model_record.update(onnx=[str(p) for p in onnx_paths], mask_graph=info.mask_graph,
                             export="query-sparse" if info.mask_graph else "full (single graph)")
     if full_path is None and "onnx-full" in needed:
         if info is not None and info.mask_graph is None:  # --onnx (or --full) is already detr's single graph
@@ -198,7 +217,34 @@ def prepare_models(args: argparse.Namespace, checkpoint: Path, photos: list[Path
                               f"export (its mask graph is {full_info.mask_graph}); export one with python -m "
                               "export.onnx CHECKPOINT --full")
         model_record["onnx_full"] = str(full_path)
-    return {"onnx": onnx_path, "onnx-full": full_path, "engine": args.plan}, info or full_info
+    files = {"onnx": onnx_paths, "onnx-full": [full_path] if full_path is not None else [],
+             "engine": list(args.plan or [])}
+    return files, info or full_info
+
+
+def _start_runs(spec: BackendSpec, model_files: dict[str, list[Path]], loaded: LoadedCheckpoint,
+                settings: ResizeSettings, info: ModelInfo | None, threads: int, eager_load_rss: int, stack: ExitStack
+                ) -> list[tuple[Path | None, Any, dict[str, Any]]]:
+    """One pipeline per model ``spec`` runs (eager: the checkpoint), loaded, with its record for the report: what it
+    is, the model file and the precision its metadata records, and the memory loading it added."""
+    record = {"description": spec.description, "status": "ran", "note": None, "runner": spec.name}
+    if spec.runtime_backend is None:
+        pipeline = EagerPipeline(loaded.model, {c.id: bool(c.isthing) for c in loaded.categories.values()},
+                                 settings, info.mask_stride if info else 4)
+        return [(None, pipeline, {**record, "model": "the checkpoint", "precision": FP32,
+                                  "precision_detail": "fp32 (PyTorch)", "copies": pipeline.copies,
+                                  "flops": pipeline.flops_kind, "load_rss_mb": eager_load_rss / 2**20})]
+    started = []
+    for path in model_files[spec.model_file]:  # prepare_models provides every needed file
+        before = hardware.current_rss()
+        pipeline = build_runtime_pipeline(spec, path, threads, settings)
+        stack.callback(pipeline.close)
+        precision = pipeline.info.precision
+        started.append((path, pipeline, {**record, "model": repo_relative(str(path)), "precision": precision.label,
+                                         "precision_detail": precision.describe(), "copies": pipeline.copies,
+                                         "flops": pipeline.flops_kind,
+                                         "load_rss_mb": (hardware.current_rss() - before) / 2**20}))
+    return started
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -225,7 +271,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
         selected = {name: BACKENDS[name] for name in args.backends}
         skipped = {name: reason for name, spec in selected.items()
-                   if (reason := unavailable_reason(spec, args.plan)) is not None}
+                   if (reason := unavailable_reason(spec, args.plan or [])) is not None}
         needed = {s.model_file for n, s in selected.items() if s.runtime_backend and n not in skipped}
         model_files, info = prepare_models(args, checkpoint, photos, needed, model_record)
         settings = resize_settings(args, loaded, info)
@@ -233,24 +279,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         pipelines: dict[str, Any] = {}
         backend_records: dict[str, dict[str, Any]] = {}
         for name, spec in selected.items():
-            record = {"description": spec.description, "status": "skipped", "note": skipped.get(name),
-                      "copies": "-", "flops": "-", "load_rss_mb": 0.0}
-            backend_records[name] = record
             if name in skipped:
+                backend_records[name] = {"description": spec.description, "status": "skipped",
+                                         "note": skipped[name], "runner": name, "model": None, "precision": None,
+                                         "precision_detail": None, "copies": "-", "flops": "-", "load_rss_mb": 0.0}
                 continue
-            before = hardware.current_rss()
-            if spec.runtime_backend is None:
-                pipeline = EagerPipeline(loaded.model, {c.id: bool(c.isthing) for c in loaded.categories.values()},
-                                         settings, info.mask_stride if info else 4)
-            else:
-                model_path = model_files[spec.model_file]
-                assert model_path is not None  # prepare_models provides every needed file
-                pipeline = build_runtime_pipeline(spec, model_path, args.threads, settings)
-                stack.callback(pipeline.close)
-            pipelines[name] = pipeline
-            loaded_rss = eager_load_rss if spec.runtime_backend is None else hardware.current_rss() - before
-            record.update(status="ran", note=None, copies=pipeline.copies, flops=pipeline.flops_kind,
-                          load_rss_mb=loaded_rss / 2**20)
+            started = _start_runs(spec, model_files, loaded, settings, info, args.threads, eager_load_rss, stack)
+            names = run_names(name, [(path, record["precision"]) for path, _, record in started])
+            for run_name, (_, pipeline, record) in zip(names, started, strict=True):
+                pipelines[run_name] = pipeline
+                backend_records[run_name] = record
         if not pipelines:
             raise PansegError("no backend can run here: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
 
@@ -271,8 +309,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 # the queries this backend kept in the run (its last call on each batch), summed over the batch
                 kept = [kept_queries(pipeline.logits[batch_key(g)], settings.threshold) for g in groups]
                 stage_flops = [c.breakdown(pipeline.flops_kind, k) for c, k in zip(counted, kept, strict=True)]
-                row = result_row(name, batch, result, stage_flops, kept, peak["flops_per_second"],
-                                 sampler.peak_within([s.window for s in result.samples]))
+                row = result_row(name, backend_records[name], batch, result, stage_flops, kept,
+                                 peak["flops_per_second"], sampler.peak_within([s.window for s in result.samples]))
                 reference = runs["eager"].results if "eager" in runs else None
                 row["agreement"] = (agreement([r for g in reference for r in g], [r for g in result.results for r in g],
                                               loaded.categories) if reference is not None else None)
@@ -290,6 +328,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             backend_records[name]["copies"] = pipeline.copies
         if "eager" not in pipelines:
             notes.append("eager did not run: no speedups or agreement")
+        if any(r["precision"] != FP32 for r in rows):
+            notes.append(REDUCED_PRECISION_NOTE)
         if args.checkpoint is None:
             notes.append("agreement is meaningful here only because the random model was made non-degenerate "
                          "(see benchmarks/defaults.py); use a trained checkpoint for accuracy")

@@ -16,7 +16,8 @@ measured around all three, separately from the stages, so the report can show th
   selection; runtime/sparse.py for a pair) and ``segment_kept`` on what it kept (runtime.postprocess, no second
   selection): ``onnxruntime`` on the ``--onnx`` model (the query-sparse pair by default), ``onnxruntime-full`` on
   detr's single graph (every query's mask; ``--onnx-full``). For TensorRT the engine stage includes the
-  host<->device copies (the backend copies inside ``infer``).
+  host<->device copies (the backend copies inside ``infer``). A backend given several models (``--onnx fp32.onnx
+  int8.onnx``, several ``--plan``) gets one runner per model, named by ``run_names`` after the model's precision.
 
 Each runner also remembers the class logits of its last call per batch of images (``logits``; one dict store after
 the last stage), so the benchmark can count the queries that backend kept in the run (the query-sparse FLOPs depend
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks import detr_reference
+from benchmarks.command_line import repo_relative
 from benchmarks.torch_postprocess import PostProcessPanoptic
 from runtime.errors import PansegError
 from runtime.model import load_model
@@ -201,7 +204,8 @@ class BackendSpec:
     description: str
     runtime_backend: str | None = None  # None: PyTorch eager
     providers: tuple[str, ...] = ()
-    model_file: str = "onnx"  # "onnx" (--onnx or its export), "onnx-full" (--onnx-full or its export), "engine"
+    model_file: str = "onnx"  # "onnx" (--onnx files or the export), "onnx-full" (--onnx-full or its export), "engine"
+    #                           (--plan files)
     requires: tuple[str, ...] = field(default=())  # python modules that must be importable
 
 
@@ -220,12 +224,12 @@ PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
                   "tensorrt": "TensorrtExecutionProvider"}
 
 
-def unavailable_reason(spec: BackendSpec, engine: Path | None) -> str | None:
-    """Why ``spec`` cannot run here (a note for the report), or None when it can."""
+def unavailable_reason(spec: BackendSpec, engines: Sequence[Path]) -> str | None:
+    """Why ``spec`` cannot run here (a note for the report), or None when it can; ``engines``: the --plan files."""
     missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
     if missing:
         return f"python module {', '.join(missing)} not installed (needs an NVIDIA GPU machine)"
-    if spec.model_file == "engine" and engine is None:
+    if spec.model_file == "engine" and not engines:
         return "no --plan given (build one with python -m export.tensorrt)"
     if spec.runtime_backend == "onnxruntime":
         import onnxruntime
@@ -236,6 +240,17 @@ def unavailable_reason(spec: BackendSpec, engine: Path | None) -> str | None:
             return (f"{', '.join(absent)} not in this onnxruntime {onnxruntime.__version__} "
                     f"(available: {', '.join(available)})")
     return None
+
+
+def run_names(backend: str, models: Sequence[tuple[Path, str]]) -> list[str]:
+    """The report's name for each (model file, precision label) a backend runs, in order: the backend's own name when
+    it runs one model (the usual report), else the backend and the model's precision, plus the file where two models
+    share a precision, so every row of a several-model run says which variant it timed."""
+    if len(models) == 1:
+        return [backend]
+    shared = Counter(label for _, label in models)
+    return [f"{backend} {label}" if shared[label] == 1 else f"{backend} {label} ({repo_relative(str(path))})"
+            for path, label in models]
 
 
 def build_runtime_pipeline(spec: BackendSpec, model_path: Path, threads: int, settings: ResizeSettings

@@ -1,6 +1,12 @@
 """report.json (every number), report.md (the tables a reader wants) and two PNG plots, all written atomically.
 
-Each row of ``results`` is one (backend, batch size). Definitions, so the JSON can be checked against itself:
+Each row of ``results`` is one (backend, batch size); ``backend`` names the run: the backend's name, or with several
+models (``--onnx fp32.onnx int8.onnx``) the backend and the model's precision (benchmarks.pipelines.run_names).
+Definitions, so the JSON can be checked against itself:
+
+- ``runner``: the backend (benchmarks.pipelines.BACKENDS) that ran it; ``precision``: the model's precision label
+  from its metadata (runtime.model_info.PrecisionInfo.label: fp32, fp16, int8-cpu, int8-tensorrt; eager: fp32); the
+  model file and the longer description are in ``backends``.
 
 - ``latency_ms``: runtime.bench.latency_stats of the per-call wall times (one call = one batch, file to panoptic
   result), plus ``p50`` (= median); percentiles by numpy's linear interpolation.
@@ -8,6 +14,8 @@ Each row of ``results`` is one (backend, batch size). Definitions, so the JSON c
 - ``stages_ms``: mean seconds per stage x 1000; ``stage_sum_ms`` their sum (about the mean latency; the rest is call
   overhead).
 - ``speedup_vs_eager`` = eager's mean latency / this mean latency, same batch size, same run.
+- ``speedup_vs_fp32`` = the mean latency of the same runner's first fp32 model / this mean latency, same batch size,
+  same run (None when that runner timed no fp32 model).
 - ``side_ms``: mean ms of a call's untimed by-products (eager: ``postprocess_torch_port``, panseg's vectorized torch
   port of detr's post-processing run on the same outputs, outside the timed total).
 - ``postprocess_baselines`` (top level, per batch): eager's two PyTorch post-processing times and the agreement of
@@ -42,17 +50,20 @@ from benchmarks.markdown import table
 from benchmarks.pipelines import STAGES
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.bench import PERCENTILE_METHOD, UNSTABLE_CV, latency_stats
+from runtime.contract import FP32
 
-JSON_VERSION = 3  # 2: onnxruntime-full backend, per-stage FLOPs at the kept count measured in the run;
-#                  3: eager post-processing = detr's published code, the torch port as a side baseline
+JSON_VERSION = 4  # 2: onnxruntime-full backend, per-stage FLOPs at the kept count measured in the run;
+#                  3: eager post-processing = detr's published code, the torch port as a side baseline;
+#                  4: several models per backend (model.onnx a list), rows' runner/precision/speedup_vs_fp32
 LATENCY_PLOT = "latency_distribution.png"
 STAGES_PLOT = "stages.png"
 
 
-def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequence[Mapping[str, int]],
-               kept_queries: Sequence[int], peak: float, peak_rss: int | None) -> dict[str, Any]:
-    """The numbers of one (backend, batch) from its samples and its per-stage FLOPs of each image batch (speedup
-    and agreement are added by the caller)."""
+def result_row(backend: str, record: Mapping[str, Any], batch: int, run: PipelineRun,
+               flops_per_group: Sequence[Mapping[str, int]], kept_queries: Sequence[int], peak: float,
+               peak_rss: int | None) -> dict[str, Any]:
+    """The numbers of one (backend, batch) from its samples and its per-stage FLOPs of each image batch, labelled
+    from the backend's ``record`` (runner, precision); speedups and agreement are added by the caller."""
     totals_ms = np.array([s.total * 1e3 for s in run.samples])
     stats = latency_stats(totals_ms).to_json()
     stats["p50"] = stats["median"]
@@ -66,6 +77,8 @@ def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequ
     achieved = flops / (stages["engine"] / 1e3)
     return {
         "backend": backend,
+        "runner": record["runner"],
+        "precision": record["precision"],
         "batch": batch,
         "calls": len(run.samples),
         "latency_ms": stats,
@@ -91,12 +104,19 @@ def result_row(backend: str, batch: int, run: PipelineRun, flops_per_group: Sequ
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Per row, against the eager row of the same batch (None without one): ``speedup_vs_eager`` (end to end) and the
-    post-processing speedups against detr's published code and against panseg's torch port."""
+    post-processing speedups against detr's published code and against panseg's torch port; and
+    ``speedup_vs_fp32`` against the first fp32 row of the same runner and batch (None without one)."""
     eager = {r["batch"]: r for r in rows if r["backend"] == "eager"}
+    fp32: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        if r["precision"] == FP32:
+            fp32.setdefault((r["runner"], r["batch"]), r)
     for r in rows:
         base = eager.get(r["batch"])
         post = r["stages_ms"]["postprocess"]
         r["speedup_vs_eager"] = None if base is None else base["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+        same = fp32.get((r["runner"], r["batch"]))
+        r["speedup_vs_fp32"] = None if same is None else same["latency_ms"]["mean"] / r["latency_ms"]["mean"]
         r["postprocess_speedup_vs_detr"] = None if base is None else base["stages_ms"]["postprocess"] / post
         port = None if base is None else base["side_ms"].get("postprocess_torch_port")
         r["postprocess_speedup_vs_torch_port"] = None if port is None else port / post
@@ -165,12 +185,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"Runtime intra-op); {s['warmup']} warmup + {s['iterations']} timed iterations over every batch, "
             f"backends interleaved round-robin with rotating order.", ""]
     out += ["## End-to-end latency (image file -> panoptic result), ms per call", ""]
-    out += table(["backend", "batch", "mean", "p50", "p90", "p95", "p99", "min", "max", "images/s",
-                   "speedup vs eager", "CV same input"],
-                  [[r["backend"], r["batch"], *(_ms(r["latency_ms"][k]) for k in
-                                                ("mean", "p50", "p90", "p95", "p99", "min", "max")),
+    out += table(["backend", "precision", "batch", "mean", "p50", "p90", "p95", "p99", "min", "max", "images/s",
+                   "speedup vs eager", "vs fp32", "CV same input"],
+                  [[r["backend"], r["precision"], r["batch"], *(_ms(r["latency_ms"][k]) for k in
+                                                              ("mean", "p50", "p90", "p95", "p99", "min", "max")),
                     f"{r['throughput_images_per_s']:.2f}",
-                    _ratio(r["speedup_vs_eager"]),
+                    _ratio(r["speedup_vs_eager"]), _ratio(r["speedup_vs_fp32"]),
                     f"{r['cv_same_input']:.1%}" + (" (unstable)" if r["unstable"] else "")] for r in rows])
     out += ["## Stages, mean ms per call", ""]
     out += table(["backend", "batch", *STAGES, "sum of stages", "mean total", "H2D/D2H"],
@@ -196,10 +216,16 @@ def markdown(report: Mapping[str, Any]) -> str:
                     *(_flops(r["flops_stages"][k]) for k in FLOP_STAGES), _flops(r["flops_stages"]["total"])]
                    for r in rows])
     out += ["## Agreement with eager (eager's output as ground truth)", ""]
-    out += table(["backend", "batch", "pixel agreement", "same segments", "PQ vs eager", "segments (eager / backend)"],
-                  [[r["backend"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",
-                    f"{r['agreement']['same_segments']:.2f}", f"{r['agreement']['pq']:.4f}",
-                    f"{r['agreement']['segments_reference']} / {r['agreement']['segments_backend']}"] for r in rows])
+    compared = [r for r in rows if r["agreement"] is not None]
+    if not compared:
+        out += ["Not measured: eager did not run.", ""]
+    else:
+        out += table(["backend", "precision", "batch", "pixel agreement", "same segments", "PQ vs eager",
+                      "segments (eager / backend)"],
+                     [[r["backend"], r["precision"], r["batch"], f"{r['agreement']['pixel_agreement']:.4f}",
+                       f"{r['agreement']['same_segments']:.2f}", f"{r['agreement']['pq']:.4f}",
+                       f"{r['agreement']['segments_reference']} / {r['agreement']['segments_backend']}"]
+                      for r in compared])
     memory = report["memory"]
     out += ["## Memory", "",
             f"Process peak RSS (all backends in one process): {memory['process_peak_rss_mb']:.0f} MB. "
@@ -209,8 +235,9 @@ def markdown(report: Mapping[str, Any]) -> str:
                   [[r["backend"], r["batch"], "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
                     f"{report['backends'][r['backend']]['load_rss_mb']:.0f}"] for r in rows])
     out += ["## Backends", ""]
-    out += table(["backend", "status", "what"],
-                  [[name, b["status"] + (f": {b['note']}" if b.get("note") else ""), b["description"]]
+    out += table(["backend", "status", "what", "model", "precision"],
+                  [[name, b["status"] + (f": {b['note']}" if b.get("note") else ""), b["description"],
+                    b["model"] or "-", b["precision_detail"] or "-"]
                    for name, b in report["backends"].items()])
     out += [f"Plots: [{LATENCY_PLOT}]({LATENCY_PLOT}), [{STAGES_PLOT}]({STAGES_PLOT}).", "",
             "## Machine", ""]

@@ -66,6 +66,11 @@ class PrecisionInfo:
     calibration_digest: str | None = None
     float_nodes: tuple[str, ...] = ()  # nodes left in float32 (int8: excluded blocks; fp16: blocked operators)
 
+    @property
+    def label(self) -> str:
+        """A short name for tables and file names: ``fp32``, ``fp16``, ``int8-cpu`` or ``int8-tensorrt``."""
+        return f"{self.precision}-{self.int8_target}" if self.precision == INT8 else self.precision
+
     def describe(self) -> str:
         """One phrase for the commands' output, e.g. ``int8 (cpu flavour, minmax on 4 images)``."""
         if self.precision != INT8:

@@ -3,6 +3,7 @@ every stage, and the stage-reuse rules on fake in-process stages (cheap)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -34,7 +35,7 @@ from runtime.panoptic_format import read_panoptic_png
 from runtime.pq import GROUPS, PQStat, pq_image_stats
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "nms", "bench")
+STAGES = ("dataset", "stage1", "stage2", "export", "infer", "eval", "nms", "int8-cpu", "bench")
 
 
 def _run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -49,7 +50,7 @@ def quick(tmp_path_factory):
     first = _run_demo(out)
     assert first.returncode == 0, first.stderr[-3000:]
     watched = [out / "stage1" / "checkpoint.pth", out / "stage2" / "checkpoint.pth", out / "model.onnx",
-               out / "pq.json", out / "bench" / "report.json"]
+               out / "pq.json", out / "model_int8_cpu.onnx", out / "pq_int8_cpu.json", out / "bench" / "report.json"]
     mtimes = {p: p.stat().st_mtime_ns for p in watched}
     second = _run_demo(out)
     return {"out": out, "first": first, "second": second, "mtimes": mtimes}
@@ -63,7 +64,8 @@ def test_every_artifact_exists(quick):
     out = quick["out"]
     for rel in ("stage1/checkpoint.pth", "stage1/log.jsonl", "stage2/checkpoint.pth", "model.onnx",
                 "model.masks.onnx", "export_report.json", "infer/predictions.json", "pq.json", "pq_nms.json",
-                "infer_nms/predictions.json", "bench/report.json",
+                "infer_nms/predictions.json", "model_int8_cpu.onnx", "model_int8_cpu.masks.onnx",
+                "precision_int8_cpu.json", "infer_int8_cpu/predictions.json", "pq_int8_cpu.json", "bench/report.json",
                 "bench/report.md", "summary.md", "summary.json"):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     gt = _load(out / "data" / "annotations" / "panoptic_val2017.json")
@@ -103,6 +105,81 @@ def test_summary_numbers_are_the_eval_and_bench_numbers(quick):
         assert mine["speedup_vs_eager"] == pytest.approx(eager[r["batch"]] / r["latency_ms"]["mean"])
         assert f"| {r['backend']} | {r['batch']} | {r['latency_ms']['mean']:.1f} |" in md
     assert "**PASSED**" in md
+
+
+def test_int8_cpu_variant_is_calibrated_on_train_images_only(quick):
+    from runtime.filehash import file_sha256
+    from runtime.model_info import read_precision
+
+    out = quick["out"]
+    report = _load(out / "precision_int8_cpu.json")["int8"]
+    count = demo.SIZES["quick"]["calibration_images"]
+    train = sorted((out / "data" / "train2017").glob("*.jpg"))[:count]
+    # independent reference: the digest export.precision records is sha256 over the images' sha256s, in order
+    assert report["images"] == count and report["images_sha256"] == hashlib.sha256(
+        "".join(file_sha256(p) for p in train).encode()).hexdigest()
+    line = next(c for c in _load(out / "summary.json")["commands"] if " -m export.precision " in c)
+    assert "train2017" in line and "val2017" not in line and "--int8-target cpu" in line
+    precision = read_precision(out / "model_int8_cpu.onnx")
+    assert (precision.precision, precision.int8_target, precision.calibration_images) == ("int8", "cpu", count)
+
+
+def test_summary_precision_table_is_the_eval_and_bench_numbers(quick):
+    out = quick["out"]
+    summary, md = _load(out / "summary.json"), (out / "summary.md").read_text()
+    fp32, int8 = _load(out / "pq.json"), _load(out / "pq_int8_cpu.json")
+    p = summary["precision"]
+    assert [m["precision"] for m in p["models"]] == ["fp32", "int8-cpu"]
+    for model, pq in zip(p["models"], (fp32, int8), strict=True):
+        assert all(model[g] == pq[g]["pq"] for g, _ in GROUPS)
+        assert (f"| {model['model']} | {model['precision']} | "
+                + " | ".join(f"{100 * pq[g]['pq']:.1f}" for g, _ in GROUPS) + " | ") in md
+    assert p["pq_drop_points"] == pytest.approx(100 * (fp32["All"]["pq"] - int8["All"]["pq"]))
+    assert p["target_met"] == (p["pq_drop_points"] <= 1.0)
+    drop = round(p["pq_drop_points"], 1) + 0.0  # no "-0.0"
+    assert f"INT8 CPU PQ within 1.0 point of fp32 (fp32 minus INT8 CPU: {drop:.1f} points: " in md
+    bench = {(r["backend"], r["batch"]): r for r in _load(out / "bench" / "report.json")["results"]}
+    for model in p["models"]:  # both timed in the one bench run, next to eager
+        row = bench[f"onnxruntime {model['precision']}", 1]
+        assert row["precision"] == model["precision"] and model["mean_ms"] == row["latency_ms"]["mean"]
+        assert model["speedup_vs_fp32"] == pytest.approx(
+            bench["onnxruntime fp32", 1]["latency_ms"]["mean"] / row["latency_ms"]["mean"])
+        assert model["speedup_vs_eager"] == pytest.approx(bench["eager", 1]["latency_ms"]["mean"]
+                                                          / row["latency_ms"]["mean"])
+    assert "## Reduced precision: the INT8 CPU model" in md
+
+
+def test_precision_benchmark_scores_the_demo_models_variant_against_the_ground_truth(quick, tmp_path):
+    """benchmarks.precision on the trained demo model: the variant it makes is the demo's (same calibration), and its
+    in-memory PQ against the val ground truth is what panseg-rt infer + eval wrote for both models."""
+    from benchmarks.precision import main as precision_benchmark
+
+    out = quick["out"]
+    assert precision_benchmark(["--model", str(out / "model.onnx"), "--coco-path", str(out / "data"), "--variants",
+                                "int8-cpu", "--max-images", str(demo.SIZES["quick"]["calibration_images"]),
+                                "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = {r["model"]: r for r in _load(tmp_path / "report.json")["rows"]}
+    assert list(rows) == ["fp32", "int8-cpu"]
+    made = _load(tmp_path / "model-int8-cpu.json")["int8"]
+    assert made["images_sha256"] == _load(out / "precision_int8_cpu.json")["int8"]["images_sha256"]
+    for name, pq_file in (("fp32", "pq.json"), ("int8-cpu", "pq_int8_cpu.json")):
+        evaluated = _load(out / pq_file)
+        assert rows[name]["pq"] == pytest.approx({g: 100 * evaluated[g]["pq"] for g, _ in GROUPS}, abs=1e-9), name
+    int8 = rows["int8-cpu"]
+    assert int8["pq_drop_points"] == pytest.approx(rows["fp32"]["pq"]["All"] - int8["pq"]["All"])
+    assert int8["max_pq_drop_points"] == 1.0 and int8["target_met"] == (int8["pq_drop_points"] <= 1.0)
+    assert rows["fp32"]["pq_vs_fp32"] == 100.0 and 0.0 <= int8["category_agreement"] <= 1.0
+    md = (tmp_path / "report.md").read_text()
+    assert f"| int8-cpu | {int8['ms_per_image']} | {int8['speedup_vs_fp32']:.2f}x | " in md
+    assert f"| {int8['pq']['All']:.1f} | {int8['pq']['Things']:.1f} | {int8['pq']['Stuff']:.1f} | " in md
+
+
+def test_precision_benchmark_needs_model_and_dataset_together(tmp_path, capsys):
+    from benchmarks.precision import main as precision_benchmark
+
+    assert precision_benchmark(["--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model and --coco-path go together" in err
 
 
 def test_summary_links_resolve_and_docs_copy_is_self_contained(quick, tmp_path):
@@ -442,3 +519,21 @@ def test_fp32_recipe_trains_the_same_model_with_less_work_per_epoch():
     bf16, fp32 = DEMO_RECIPES["demo-bf16"], DEMO_RECIPES["demo-fp32"]
     assert set(bf16.model) ^ set(fp32.model) == {"--amp", "--dilation", "--group_batches"}
     assert "--dilation" in bf16.model and "--group_batches" in fp32.model
+
+
+def test_precision_section_states_the_int8_target_and_leaves_missing_latency_blank():
+    models = [{"model": "model.onnx", "precision": "fp32", "All": 0.50, "Things": 0.30, "Stuff": 0.70, "batch": None,
+               "mean_ms": None, "speedup_vs_eager": None, "speedup_vs_fp32": None,
+               "pixel_agreement_with_eager": None},
+              {"model": "model_int8_cpu.onnx", "precision": "int8-cpu", "All": 0.475, "Things": 0.25, "Stuff": 0.70,
+               "batch": None, "mean_ms": None, "speedup_vs_eager": None, "speedup_vs_fp32": None,
+               "pixel_agreement_with_eager": None}]
+    summary = _summary(60)
+    summary["precision"] = {"models": models, "pq_drop_points": 2.5, "max_pq_drop_points": 1.0, "target_met": False,
+                            "calibration_images": 8, "calibration_method": "minmax", "float_blocks": ["decoder"]}
+    summary["reports"].update(pq_int8_cpu="pq_int8_cpu.json", precision_int8_cpu="precision_int8_cpu.json")
+    text = render_markdown(summary)
+    assert "| model_int8_cpu.onnx | int8-cpu | 47.5 | 25.0 | 70.0 | -2.5 | - | - | - | - |" in text
+    assert "(fp32 minus INT8 CPU: 2.5 points: NOT met)" in text
+    assert "first 8 *train* images" in text and "sweep chose: decoder" in text
+    assert "Reduced precision" not in render_markdown(_summary(60))  # no variant stage: no section

@@ -21,6 +21,7 @@ from benchmarks.pipelines import ResizeSettings
 from export.onnx.loading import load_for_export
 from export.onnx.sparse import DetectorGraph, MaskGraph
 from runtime.categories import categories_to_json
+from runtime.contract import mask_graph_name
 from runtime.postprocess import PanopticResult, select_queries
 from train.checkpoint import save_checkpoint
 from train.models import build_model
@@ -68,7 +69,8 @@ def test_every_field_is_present_and_every_available_backend_ran(report):
     assert data["settings"]["threads"] == 1 and data["settings"]["size"] == 64
     assert "--size 64" in data["command"] and data["command"].startswith("python -m benchmarks.latency ")
     assert data["model"]["export"] == "query-sparse"
-    assert Path(data["model"]["onnx_full"]).is_file() and data["model"]["onnx_full"] != data["model"]["onnx"]
+    assert Path(data["model"]["onnx_full"]).is_file() and data["model"]["onnx_full"] not in data["model"]["onnx"]
+    assert [Path(p).name for p in data["model"]["onnx"]] == ["model.onnx"]  # one model: the export
     assert data["model"]["export_full_seconds"] > 0
 
 
@@ -117,6 +119,10 @@ def test_speedups_are_ratios_of_the_same_runs_means(report):
     for r in data["results"]:
         assert r["speedup_vs_eager"] == pytest.approx(eager[r["batch"]] / r["latency_ms"]["mean"])
     assert all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in data["results"] if r["backend"] == "eager")
+    # one fp32 model per backend: each row is its own fp32 reference, and the rows keep the backends' names
+    assert all(r["precision"] == "fp32" and r["runner"] == r["backend"] for r in data["results"])
+    assert all(r["speedup_vs_fp32"] == 1.0 for r in data["results"])
+    assert not any("reduced-precision" in note for note in data["notes"])
 
 
 def test_postprocess_speedups_and_shares_are_ratios_of_the_same_runs_stages(report):
@@ -350,3 +356,150 @@ def test_the_report_shows_the_bytes_the_device_pair_moved_per_image(report):
                                         "(counted)")
     finally:
         pipeline.close()
+
+
+# ------------------------------------------------------------------------------------ several models in one run
+
+INT8_CPU = "int8-cpu"
+
+
+def _copy_with_resize(export: Path, folder: Path, size: int, max_size: int) -> Path:
+    """A copy of a query-sparse export whose metadata asks for another resize policy (calibration, which runs at the
+    model's own policy, then sees the sizes the benchmark runs)."""
+    import shutil
+
+    import onnx
+
+    from export.onnx import read_metadata
+    from export.onnx.metadata import write_metadata
+
+    folder.mkdir()
+    shutil.copy2(export.with_name(mask_graph_name(export)), folder / mask_graph_name(export))
+    model = onnx.load(str(export))
+    metadata = read_metadata(model)
+    metadata["resize"] = {"size": size, "max_size": max_size}
+    write_metadata(model, metadata)
+    onnx.save(model, str(folder / export.name))
+    return folder / export.name
+
+
+@pytest.fixture(scope="module")
+def several(report, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """An fp32 export and its INT8 CPU variant (python -m export.precision, everything quantized) in one run, at
+    the resize policy the first --onnx records (the first report's --size 64)."""
+    from export.precision.__main__ import main as precision_main
+
+    first = report[1]
+    work = tmp_path_factory.mktemp("several")
+    images = first.parent / "images"
+    fp32 = _copy_with_resize(first / "model.onnx", work / "fp32", 64, report[0]["settings"]["max_size"])
+    int8 = work / "model-int8.onnx"
+    assert precision_main([str(fp32), "-o", str(int8), "--precision", "int8", "--int8-target", "cpu",
+                           "--calibration-images", str(images), "--float-blocks", "--cache-dir", str(work / "cache"),
+                           "--no-progress"]) == 0
+    out = work / "report"
+    code = main(["--checkpoint", str(first.parent / "tiny.pth"), "--images", str(images), "-o", str(out),
+                 "--onnx", str(fp32), "--onnx", str(int8), "--backends", f"eager,{SPARSE}", "--batch", "1",
+                 "--warmup", "1", "--iterations", str(ITERATIONS), "--threads", "1",
+                 "--peak-size", "256", "--no-progress"])
+    assert code == 0
+    return json.loads((out / "report.json").read_text()), out, int8
+
+
+def test_several_models_get_one_row_each_named_by_the_precision_in_their_metadata(several):
+    data, out, int8 = several
+    names = {"eager": "fp32", f"{SPARSE} fp32": "fp32", f"{SPARSE} {INT8_CPU}": INT8_CPU}
+    assert {r["backend"]: r["precision"] for r in data["results"]} == names
+    assert {r["backend"]: r["runner"] for r in data["results"]} == {
+        "eager": "eager", f"{SPARSE} fp32": SPARSE, f"{SPARSE} {INT8_CPU}": SPARSE}
+    record = data["backends"][f"{SPARSE} {INT8_CPU}"]
+    assert record["status"] == "ran" and record["model"] == str(int8)
+    assert record["precision_detail"].startswith("int8 (cpu flavour, minmax calibration on 2 images")
+    assert data["backends"][f"{SPARSE} fp32"]["model"] == data["model"]["onnx"][0]
+    assert [Path(p).name for p in data["model"]["onnx"]] == ["model.onnx", int8.name]
+    assert "onnxruntime-full" not in data["backends"]  # not asked for: nothing exported
+    assert (data["settings"]["size"], data["settings"]["max_size"]) == (64, 107)  # the first model's own policy
+    # timed in the same interleaved run: every row has the same number of calls
+    assert {r["calls"] for r in data["results"]} == {ITERATIONS * len(image_groups([Path("a"), Path("b")], 1))}
+    assert any("reduced-precision" in note for note in data["notes"])
+
+
+def test_several_models_speedups_against_eager_and_the_fp32_model(several):
+    data, _, _ = several
+    mean = {r["backend"]: r["latency_ms"]["mean"] for r in data["results"]}
+    rows = {r["backend"]: r for r in data["results"]}
+    int8_row = rows[f"{SPARSE} {INT8_CPU}"]
+    assert int8_row["speedup_vs_fp32"] == pytest.approx(mean[f"{SPARSE} fp32"] / mean[f"{SPARSE} {INT8_CPU}"])
+    assert int8_row["speedup_vs_eager"] == pytest.approx(mean["eager"] / mean[f"{SPARSE} {INT8_CPU}"])
+    assert rows[f"{SPARSE} fp32"]["speedup_vs_fp32"] == 1.0 and rows["eager"]["speedup_vs_fp32"] == 1.0
+
+
+def test_several_models_each_agree_with_eager_through_the_one_comparison(report, several):
+    data, out, _ = several
+    rows = {r["backend"]: r for r in data["results"]}
+    fp32, int8 = rows[f"{SPARSE} fp32"]["agreement"], rows[f"{SPARSE} {INT8_CPU}"]["agreement"]
+    alone = next(r for r in report[0]["results"] if r["backend"] == SPARSE and r["batch"] == 1)
+    assert fp32 == alone["agreement"]  # the same model on the same photos: timing it beside a variant changes nothing
+    assert int8["segments_reference"] == fp32["segments_reference"] > 0
+    # the int8 row compares the int8 model's own output: its segment count is what that model gives on the photos
+    assert int8["segments_backend"] == _segments(data["model"]["onnx"][1], report[1].parent / "images",
+                                                 data["settings"])
+    md = (out / "report.md").read_text()
+    latency = md.split("## End-to-end latency")[1].split("## ")[0]
+    for name, r in rows.items():  # labelled with the precision in the latency and the agreement tables
+        assert f"| {name} | {r['precision']} | 1 | " in latency
+        assert f"| {name} | {r['precision']} | 1 | {r['agreement']['pixel_agreement']:.4f} |" in md
+
+
+def _segments(model_path: str, images: Path, settings: dict) -> int:
+    """Segments ``model_path`` gives on ``images`` at the benchmark's settings, counted without the benchmark's code."""
+    from runtime.model import load_model
+    from runtime.postprocess import segment_kept
+    from runtime.preprocess import load_and_preprocess, pad_batch
+
+    count = 0
+    with load_model(model_path, "onnxruntime", {"optimized_cache": False}) as model:
+        for photo in list_photos(images):
+            array, original = load_and_preprocess(photo, settings["size"], settings["max_size"])
+            kept = model.run(*pad_batch([array]), settings["threshold"]).kept[0]
+            result = segment_kept(kept, tuple(array.shape[1:]), original, model.info.is_thing, model.info.mask_stride)
+            count += len(result.segments_info)
+    return count
+
+
+def test_run_names_keep_one_models_backend_name_and_tell_variants_apart():
+    from benchmarks.pipelines import run_names
+
+    assert run_names("onnxruntime", [(Path("m.onnx"), "fp32")]) == ["onnxruntime"]
+    assert run_names("onnxruntime", [(Path("m.onnx"), "fp32"), (Path("q.onnx"), "int8-cpu")]) == [
+        "onnxruntime fp32", "onnxruntime int8-cpu"]
+    assert run_names("tensorrt", [(Path("/a/m.plan"), "fp16"), (Path("/b/m.plan"), "fp16")]) == [
+        "tensorrt fp16 (/a/m.plan)", "tensorrt fp16 (/b/m.plan)"]
+
+
+def test_a_model_given_twice_is_a_one_line_error(report, tmp_path, capsys):
+    _, out = report
+    capsys.readouterr()
+    assert main(["--checkpoint", str(out.parent / "tiny.pth"), "-o", str(tmp_path / "o"), "--onnx",
+                 str(out / "model.onnx"), str(out / ".." / "report" / "model.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "given twice to --onnx" in err and "\n" not in err
+
+
+def test_a_report_without_eager_says_agreement_was_not_measured(report):
+    from benchmarks.report import markdown
+
+    data = json.loads(json.dumps(report[0]))
+    data["results"] = [{**r, "agreement": None, "speedup_vs_eager": None} for r in data["results"]
+                       if r["backend"] != "eager"]
+    text = markdown(data)
+    assert "Not measured: eager did not run." in text and f"| {SPARSE} | fp32 | 1 | " in text
+
+
+def test_precision_labels_are_the_benchmarks_variant_names():
+    from benchmarks.precision_variants import MAX_PQ_DROP, VARIANTS
+    from runtime.model_info import PrecisionInfo
+
+    assert PrecisionInfo().label == "fp32"
+    labels = {PrecisionInfo("fp16").label, PrecisionInfo("int8", "cpu").label, PrecisionInfo("int8", "tensorrt").label}
+    assert labels == set(VARIANTS) == set(MAX_PQ_DROP) == {"fp16", "int8-cpu", "int8-tensorrt"}

@@ -1,6 +1,7 @@
 """The end-to-end demo on the built-in synthetic data: dataset -> detection training -> mask-head training -> verified
-ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> the same with the optional box NMS ->
-latency against eager -> OUT/summary.md.
+ONNX export -> `panseg-rt infer` with overlays -> `panseg-rt eval` -> the same with the optional box NMS -> the INT8
+CPU variant (`python -m export.precision`, calibrated on train images) and its PQ -> latency of both models against
+eager -> OUT/summary.md.
 
 It only chains the real commands (printed as copyable shell lines, run as subprocesses); training flags come from
 train/recipes.py alone. A rerun reuses every stage whose outputs are complete and newer than its inputs and whose
@@ -24,7 +25,9 @@ from benchmarks.demo.stages import (
     remove_output,
     reuse_or_run,
 )
-from benchmarks.demo.summary import build_summary, copy_to_docs, write_summary
+from benchmarks.demo.summary import INT8_CPU_FILES, build_summary, copy_to_docs, write_summary
+from benchmarks.precision_variants import VARIANTS
+from runtime.contract import mask_graph_name
 from runtime.errors import PansegError
 from runtime.subcommands import ArgumentParser, add_deprecated, report_errors
 from runtime.timefmt import format_duration
@@ -33,13 +36,14 @@ from train.recipes import DEMO_RECIPES, Recipe, demo_recipe, machine, quick_reci
 PROG = "python -m benchmarks.demo"
 NMS_IOU = "0.5"  # the demo's extra run with panseg-rt infer --nms-iou (a common NMS IoU; not tuned on the val set)
 
-# Per size: the dataset (train.prepare synthetic flags), the recipe, export verification and the benchmark's extent.
+# Per size: the dataset (train.prepare synthetic flags), export verification, the INT8 calibration images
+# (the first N train images; never val, which measures it) and the benchmark's extent.
 SIZES = {
-    "full": {"dataset": [], "verify": [], "bench_images": 4,
+    "full": {"dataset": [], "verify": [], "calibration_images": 8, "bench_images": 4,
              "bench": ["--iterations", "10", "--warmup", "1"]},
     "quick": {"dataset": ["--train", "256", "--val", "16", "--size", "64"],
-              "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "bench_images": 2,
-              "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
+              "verify": ["--verify-sizes", "64,96", "--verify-max-images", "2"], "calibration_images": 8,
+              "bench_images": 2, "bench": ["--iterations", "3", "--warmup", "1", "--peak-size", "512"]},
 }
 
 
@@ -54,6 +58,9 @@ def plan(out: Path, size: str, recipe: Recipe) -> list[Stage]:
     ckpt1, ckpt2 = out / "stage1" / "checkpoint.pth", out / "stage2" / "checkpoint.pth"
     onnx, masks_onnx = out / "model.onnx", out / "model.masks.onnx"
     infer, pred_json = out / "infer", out / "infer" / "predictions.json"
+    int8 = out / INT8_CPU_FILES["model"]
+    int8_masks, infer_int8 = out / mask_graph_name(int8), out / "infer_int8_cpu"
+    int8_report, int8_pq = out / INT8_CPU_FILES["report"], out / INT8_CPU_FILES["pq"]
     bench_photos = out / "bench_images"
 
     def runtime(*args: str) -> Command:
@@ -89,12 +96,22 @@ def plan(out: Path, size: str, recipe: Recipe) -> list[Stage]:
                     "--json", str(out / "pq_nms.json")),
         ), inputs=(onnx, masks_onnx, gt_json), outputs=(out / "pq_nms.json",),
             description=f"the same with the optional box NMS among things (--nms-iou {NMS_IOU}; off by default)"),
+        Stage("int8-cpu", (
+            Command((py, "-m", "export.precision", str(onnx), "-o", str(int8), *VARIANTS["int8-cpu"],
+                     "--calibration-images", str(data / "train2017"), "--max-images", str(cfg["calibration_images"]),
+                     "--json", str(int8_report))),
+            runtime("infer", str(int8), str(val_images), "-o", str(infer_int8), "--coco-json", str(gt_json)),
+            runtime("eval", "--gt-json", str(gt_json), "--gt-folder", str(gt_folder), "--pred-json",
+                    str(infer_int8 / "predictions.json"), "--pred-folder", str(infer_int8 / "panoptic"), "--json",
+                    str(int8_pq)),
+        ), inputs=(onnx, masks_onnx, gt_json), outputs=(int8, int8_masks, int8_report, int8_pq),
+            description="the INT8 CPU variant (U8S8, calibrated on train images) and its PQ on val"),
         Stage("bench", (
             CopyFirstFiles(val_images, "*.jpg", cfg["bench_images"], bench_photos),
-            Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), "--images",
-                     str(bench_photos), "-o", str(out / "bench"), *cfg["bench"])),
-        ), inputs=(ckpt2, onnx, masks_onnx), outputs=(out / "bench" / "report.json",),
-            description="latency: ONNX Runtime against PyTorch eager"),
+            Command((py, "-m", "benchmarks.latency", "--checkpoint", str(ckpt2), "--onnx", str(onnx), str(int8),
+                     "--images", str(bench_photos), "-o", str(out / "bench"), *cfg["bench"])),
+        ), inputs=(ckpt2, onnx, masks_onnx, int8, int8_masks), outputs=(out / "bench" / "report.json",),
+            description="latency: ONNX Runtime (fp32 and INT8 CPU) against PyTorch eager"),
     ]
 
 

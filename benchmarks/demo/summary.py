@@ -1,6 +1,6 @@
 """The demo's summary: OUT/summary.json (every number) and OUT/summary.md (what a reader wants first), written
-atomically from the artifacts the stages left (pq.json, bench/report.json, export_report.json) -- never from memory,
-so a rerun that reuses every stage writes the same numbers.
+atomically from the artifacts the stages left (pq.json, pq_int8_cpu.json, precision_int8_cpu.json, bench/report.json,
+export_report.json) -- never from memory, so a rerun that reuses every stage writes the same numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.demo.stages import StageResult
 from benchmarks.demo.training_curve import plot_curve, pq_curve
 from benchmarks.markdown import table
+from benchmarks.precision_variants import MAX_PQ_DROP
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.jsonfile import read_json
 from runtime.pq import GROUPS
@@ -23,6 +24,8 @@ OVERLAYS_SHOWN = 4
 PQ_TARGETS = {"full": {"All": 0.55, "Things": 0.25}}
 TRAINING_MINUTES_TARGET = {"full": 12.0}
 DEMO_MINUTES_TARGET = {"full": 20.0}
+# What the demo's int8-cpu stage writes into OUT (benchmarks/demo/__main__.py plans it with these names).
+INT8_CPU_FILES = {"model": "model_int8_cpu.onnx", "pq": "pq_int8_cpu.json", "report": "precision_int8_cpu.json"}
 
 
 def pq_section(pq: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -46,6 +49,38 @@ def latency_section(report: Mapping[str, Any]) -> dict[str, Any]:
             "images": [i["name"] for i in s["images"]]}
 
 
+def _bench_row(report: Mapping[str, Any] | None, precision: str) -> dict[str, Any] | None:
+    """The first ONNX Runtime (CPU) row of ``precision`` in the bench report (batch 1 first), or None."""
+    rows = [r for r in (report or {}).get("results", []) if r.get("runner") == "onnxruntime"
+            and r.get("precision") == precision]
+    return min(rows, key=lambda r: r["batch"], default=None)
+
+
+def precision_section(out: Path, latency: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """fp32 and the INT8 CPU variant side by side: PQ per group (pq.json, pq_int8_cpu.json), the variant's
+    calibration and float blocks (precision_int8_cpu.json), and both models' rows of the one bench run; None when
+    the variant's stage left no PQ file."""
+    if not (out / INT8_CPU_FILES["pq"]).is_file():
+        return None
+    variant = read_json(out / INT8_CPU_FILES["report"])["int8"]
+    models = []
+    for name, precision, pq_file in (("model.onnx", "fp32", "pq.json"),
+                                     (INT8_CPU_FILES["model"], "int8-cpu", INT8_CPU_FILES["pq"])):
+        pq = read_json(out / pq_file)
+        row = _bench_row(latency, precision)
+        models.append({"model": name, "precision": precision, **{g: pq[g]["pq"] for g, _ in GROUPS},
+                       "batch": None if row is None else row["batch"],
+                       "mean_ms": None if row is None else row["latency_ms"]["mean"],
+                       "speedup_vs_eager": None if row is None else row["speedup_vs_eager"],
+                       "speedup_vs_fp32": None if row is None else row["speedup_vs_fp32"],
+                       "pixel_agreement_with_eager": None if row is None or row["agreement"] is None
+                       else row["agreement"]["pixel_agreement"]})
+    drop = 100 * (models[0]["All"] - models[1]["All"])
+    return {"models": models, "pq_drop_points": drop, "max_pq_drop_points": MAX_PQ_DROP["int8-cpu"],
+            "target_met": drop <= MAX_PQ_DROP["int8-cpu"], "calibration_images": variant["images"],
+            "calibration_method": variant["method"], "float_blocks": list(variant["float_blocks"])}
+
+
 def export_section(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"verdict": report["verdict"], "problems": list(report["problems"]), "runs": len(report["runs"]),
             "images": sum(len(r["images"]) for r in report["runs"])}
@@ -60,6 +95,8 @@ def build_summary(out: Path, size: str, results: Sequence[StageResult], total_se
     curve = pq_curve(out / "stage1" / "log.jsonl", out / "stage2" / "log.jsonl")
     plot_curve(curve, out / "training_curve.png")
     has_nms = (out / "pq_nms.json").is_file()
+    bench_report = read_json(bench / "report.json") if bench_ran else None
+    precision = precision_section(out, bench_report)
     return {
         "size": size,
         "machine": dict(machine or {}),
@@ -67,7 +104,8 @@ def build_summary(out: Path, size: str, results: Sequence[StageResult], total_se
         "pq_nms": pq_section(read_json(out / "pq_nms.json")) if has_nms else None,
         "nms_iou": nms_iou,
         "export": export_section(read_json(out / "export_report.json")),
-        "latency": latency_section(read_json(bench / "report.json")) if bench_ran else None,
+        "latency": latency_section(bench_report) if bench_report is not None else None,
+        "precision": precision,
         "training": {**curve, "plot": "training_curve.png"},
         "stages": [{"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason} for r in results],
         "total_seconds": total_seconds,
@@ -76,6 +114,8 @@ def build_summary(out: Path, size: str, results: Sequence[StageResult], total_se
         "plots": [p.relative_to(out).as_posix() for p in sorted(bench.glob("*.png"))] if bench_ran else [],
         "reports": {"latency": "bench/report.md" if bench_ran else None, "pq": "pq.json",
                     "pq_nms": "pq_nms.json" if has_nms else None,
+                    "pq_int8_cpu": INT8_CPU_FILES["pq"] if precision else None,
+                    "precision_int8_cpu": INT8_CPU_FILES["report"] if precision else None,
                     "export": "export_report.json"},
         "commands": [line for r in results for line in r.commands],
     }
@@ -166,6 +206,7 @@ def render_markdown(summary: Mapping[str, Any], link: Callable[[str], str] = str
         out += ([""] if lat["warnings"] or lat["notes"] else [])
         out += [f"Full report: [{link(summary['reports']['latency'])}]({link(summary['reports']['latency'])}). Plots:",
                 "", *(f"![{Path(p).stem}]({link(p)})" for p in summary["plots"]), ""]
+    out += _precision_markdown(summary, link)
     out += ["## Overlays (first val images)", ""]
     out += [" ".join(f"![{Path(p).stem}]({link(p)})" for p in summary["overlays"]) or "none written", ""]
     out += ["## Stages", ""]
@@ -175,6 +216,36 @@ def render_markdown(summary: Mapping[str, Any], link: Callable[[str], str] = str
             "their outputs).", "", "## Commands", "", "From the repository root:", "", "```bash", *summary["commands"],
             "```", ""]
     return "\n".join(out)
+
+
+def _optional(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _precision_markdown(summary: Mapping[str, Any], link: Callable[[str], str]) -> list[str]:
+    """The INT8 CPU variant next to fp32: PQ on val, latency of the same bench run, and issue 15's PQ target."""
+    p = summary.get("precision")
+    if not p:
+        return []
+    reports = summary["reports"]
+    out = ["## Reduced precision: the INT8 CPU model", "",
+           f"`python -m export.precision model.onnx --precision int8 --int8-target cpu`: uint8 activations and int8 "
+           f"weights (U8S8), {p['calibration_method']} calibration on the first {p['calibration_images']} *train* "
+           f"images (never val); blocks kept in float, as the measured sensitivity sweep chose: "
+           f"{', '.join(p['float_blocks']) or 'none'} (`{link(reports['precision_int8_cpu'])}`). Both models ran "
+           f"`panseg-rt infer` + `panseg-rt eval` on the same val set (`{link(reports['pq'])}`, "
+           f"`{link(reports['pq_int8_cpu'])}`) and were timed in the same bench run (ONNX Runtime, CPU).", ""]
+    out += table(["model", "precision", "PQ", "PQ things", "PQ stuff", "PQ vs fp32", "mean ms", "speedup vs eager",
+                  "speedup vs fp32", "pixel agreement with eager"],
+                 [[m["model"], m["precision"], *(_pct(m[g]) for g, _ in GROUPS),
+                   f"{100 * (m['All'] - p['models'][0]['All']):+.1f}", _optional(m["mean_ms"], ".1f"),
+                   _optional(m["speedup_vs_eager"], ".2f") + ("x" if m["speedup_vs_eager"] is not None else ""),
+                   _optional(m["speedup_vs_fp32"], ".2f") + ("x" if m["speedup_vs_fp32"] is not None else ""),
+                   _optional(m["pixel_agreement_with_eager"], ".4f")] for m in p["models"]])
+    out += [f"Target (issue 15): INT8 CPU PQ within {p['max_pq_drop_points']:.1f} point of fp32 "
+            f"(fp32 minus INT8 CPU: {round(p['pq_drop_points'], 1) + 0.0:.1f} points: {_met(p['target_met'])})."
+            + _on_machine(summary), ""]
+    return out
 
 
 def write_summary(summary: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
