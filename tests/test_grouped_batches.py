@@ -128,3 +128,16 @@ def test_only_batch_scaled_resizes_follow_the_batch_scale():
         assert min(RandomResize([40])(image)[0].size) == 40
         assert min(RandomResize([40], batch_scaled=True)(image)[0].size) == 33
     assert min(RandomResize([40], batch_scaled=True)(image)[0].size) == 40
+
+
+def test_channels_last_and_grouped_training_writes_a_plain_detr_checkpoint(tiny_dataset, tmp_path):
+    """The speed flags of demo-fp32 change neither the checkpoint's names, shapes nor its row-major layout."""
+    from conftest import run_train
+
+    plain = run_train(tiny_dataset, tmp_path / "plain", "--epochs", "1", "--max_iters", "1", "--scratch_backbone")
+    fast = run_train(tiny_dataset, tmp_path / "fast", "--epochs", "1", "--max_iters", "1", "--channels_last",
+                     "--group_batches", "--scratch_backbone")
+    assert {k: v.shape for k, v in fast["model"].items()} == {k: v.shape for k, v in plain["model"].items()}
+    assert all(v.is_contiguous() for v in fast["model"].values())
+    conv = next(k for k, v in fast["model"].items() if v.ndim == 4 and v.shape[-1] > 1)  # 1x1: strides moot
+    assert fast["model"][conv].stride() == plain["model"][conv].stride()

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", "-o", "--output", default="",
                    help="where checkpoints and log.jsonl go (empty: nowhere)")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--channels_last", action="store_true",
+                   help="channels-last memory format for the model and images (oneDNN's native layout on CPUs: no "
+                        "reorders around each convolution; same weights and checkpoint)")
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 with loss scaling on CUDA,"
                    " bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX)")
     p.add_argument("--seed", type=int, default=42)

@@ -35,10 +35,12 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     frozen: Iterable[torch.nn.Module] = (),
     show_progress: bool = True,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """Train for one epoch; returns the epoch's mean of every loss term (weighted total under 'loss').
 
     ``amp_dtype`` runs the forward pass under autocast (train.amp); the criterion always sees float32 outputs.
+    ``channels_last`` hands the images to a channels-last model in that layout.
     Modules in ``frozen`` are kept in eval mode: their weights cannot change, so dropout there would only make the
     features the trained part sees differ from the ones it gets at inference.
     """
@@ -52,6 +54,8 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not show_progress, leave=False, dynamic_ncols=True)
     for images, padding_mask, targets in bar:
         images, padding_mask = images.to(device), padding_mask.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = to_device(targets, device)
         with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images, padding_mask)

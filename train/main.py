@@ -165,6 +165,8 @@ def build_training(args: argparse.Namespace) -> Training:
                                                                                 args.dataset_file, "train"))
     config = DETRConfig.from_args(args, num_classes=num_classes, masks=args.masks)
     model = build_model(config, freeze_detr=bool(args.frozen_weights)).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if config.masks and args.mask_attention_gain != 1:
         amplify_attention_inputs(model.mask_head, config.hidden_dim, args.mask_attention_gain)
     # Released weights first (before the scratch-backbone swap, which copies the frozen BatchNorm statistics).
@@ -250,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         train_stats = train_one_epoch(
             model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
             scaler=scaler, amp_dtype=t.amp_dtype, frozen=frozen_modules, show_progress=args.progress and info.is_main,
+            channels_last=args.channels_last,
         )
         scheduler.step()
         log: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
@@ -259,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
             log["replica_checksums"] = checksums
         if info.is_main and output_dir:
             ckpt = {
-                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": contiguous(model_without_ddp.state_dict()), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args(args),
                 "config": config.to_dict(), "categories": categories,
             }
@@ -279,6 +282,11 @@ def run(args: argparse.Namespace) -> int:
                     f.write(line + "\n")
         dist_utils.barrier()
     return 0
+
+
+def contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plain row-major tensors whatever the training layout (--channels_last): detr's checkpoints hold those."""
+    return {k: v.contiguous() for k, v in state_dict.items()}
 
 
 def parameter_checksum(model: torch.nn.Module) -> float:

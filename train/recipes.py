@@ -73,7 +73,7 @@ DEMO_RECIPES: dict[str, Recipe] = {
                         model=(*_DEMO_MODEL, "--dilation", *_COMMON, "--amp"),
                         stage1=_demo_stage1(10), stage2=_DEMO_STAGE2),
     "demo-fp32": Recipe(name="demo-fp32", precision="float32",
-                        model=(*_DEMO_MODEL, *_COMMON, "--group_batches"),
+                        model=(*_DEMO_MODEL, *_COMMON, "--group_batches", "--channels_last"),
                         stage1=_demo_stage1(8), stage2=_DEMO_STAGE2),
 }
 
