@@ -142,5 +142,8 @@ def machine(recipe: Recipe | None = None) -> dict[str, str | bool]:
         why = "float32 by request (this CPU also has native bfloat16)"
     else:
         why = "no native bfloat16: float32 (bfloat16 would be emulated and slower), with less work per epoch"
-    return {"cpu": cpu_model(), "features": cpu_features(), "bfloat16": bf16, "recipe": recipe.name,
+    import torch  # torch's kernel level can be below the CPU's (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
+
+    features = f"{cpu_features()}; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
+    return {"cpu": cpu_model(), "features": features, "bfloat16": bf16, "recipe": recipe.name,
             "training_precision": recipe.precision, "note": f"recipe {recipe.name}: {why}"}
