@@ -472,6 +472,7 @@ def test_summary_states_the_cpu_and_every_target_including_time():
     info = machine()
     text = render_markdown(_summary(25 * 60, machine=info))
     assert info["cpu"] in text and f"recipe {info['recipe']}, training in {info['training_precision']}" in text
+    assert f"({info['features']})" in text and "torch kernels: " in text
     targets = next(line for line in text.splitlines() if line.startswith("Targets: "))
     assert "All PQ >= 55.0 (met)" in targets and "Things PQ >= 25.0 (met)" in targets
     assert "training <= 12 min (10.5 min: met)" in targets
@@ -512,13 +513,15 @@ def test_cpu_features_name_what_the_flags_say():
         "AVX2, AVX-512, VNNI, AVX512-BF16, AMX"
 
 
-def test_fp32_recipe_trains_the_same_model_with_less_work_per_epoch():
-    """demo-fp32 differs from demo-bf16 only in precision, DC5 and batching: the same detr architecture otherwise."""
+def test_fp32_recipe_is_detrs_architecture_with_less_work():
+    """demo-fp32 differs from demo-bf16 in precision, DC5, layout and epochs: the same detr model otherwise."""
     from train.recipes import DEMO_RECIPES
 
     bf16, fp32 = DEMO_RECIPES["demo-bf16"], DEMO_RECIPES["demo-fp32"]
-    assert set(bf16.model) ^ set(fp32.model) == {"--amp", "--dilation", "--group_batches", "--channels_last"}
-    assert "--dilation" in bf16.model and "--group_batches" in fp32.model
+    assert set(bf16.model) ^ set(fp32.model) == {"--amp", "--dilation", "--channels_last"}
+    epochs = [int(r.stage1[r.stage1.index("--epochs") + 1]) for r in (bf16, fp32)]
+    assert epochs[1] < epochs[0]  # fewer detection epochs in float32
+    assert "--group_batches" not in fp32.model  # measured: faster per epoch, but PQ 40 against 53 (train/recipes.py)
 
 
 def test_precision_section_states_the_int8_target_and_leaves_missing_latency_blank():
