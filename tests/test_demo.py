@@ -425,7 +425,7 @@ def test_demo_stops_at_a_failing_command_with_one_line(tmp_path, monkeypatch, ca
     stages = [Stage("first", (Command((sys.executable, "-c", f"open({str(ok)!r}, 'w').write('1')")),), outputs=(ok,)),
               Stage("broken", (Command((sys.executable, "-c", "raise SystemExit(3)")),), outputs=(tmp_path / "no",)),
               Stage("never", (Command((sys.executable, "-c", "raise SystemExit(4)")),))]
-    monkeypatch.setattr(demo, "plan", lambda out, size: stages)
+    monkeypatch.setattr(demo, "plan", lambda out, size, recipe: stages)
     code = demo.main(["-o", str(tmp_path / "out"), "--quick"])
     err = capsys.readouterr().err.strip()
     assert code == 1
