@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.contract import KEPT_DIM
 from runtime.errors import PansegError
 from runtime.preprocess import target_size
 from runtime.trt_sidecar import TensorProfile, format_shape
@@ -39,7 +40,6 @@ BHW = tuple[int, int, int]
 AXES = ("batch", "height", "width")
 TYPICAL_IMAGE = (640, 480)  # width, height of the shape opt is tuned for (COCO's most common, 4:3 landscape)
 OPT_KEPT_PER_IMAGE = 20
-KEPT_DIM = "kept"
 BATCH_DIM = "batch"
 _SPATIAL_DIM = re.compile(r"(?P<feature>\w+?)_(?P<axis>height|width)")
 
