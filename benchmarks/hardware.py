@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import torch
 
-from runtime.bench import cpu_model
+from runtime.cpuinfo import cpu_model
 
 LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "pillow", "tensorrt")
 

@@ -34,9 +34,8 @@ from benchmarks.precision_variants import MAX_PQ_DROP, VARIANTS
 from export.onnx.verify.images import list_images
 from export.precision.__main__ import main as precision_main
 from export.precision.agreement import ImageRun, compare_runs, run_images
-from export.precision.int8 import cpu_flags
-from runtime.bench import cpu_model
 from runtime.categories import Category, categories_from_json
+from runtime.cpuinfo import cpu_flags, cpu_model
 from runtime.errors import PansegError
 from runtime.model import load_model
 from runtime.panoptic_format import load_panoptic_json, read_panoptic_png

@@ -54,6 +54,7 @@ from runtime.backends.base import TensorSpec
 from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_OUTPUTS, PRED_BOXES, PRED_LOGITS
 from runtime.contract import IMAGES as IMAGES_INPUT
 from runtime.contract import PADDING_MASK as MASK_INPUT
+from runtime.cpuinfo import cpu_model
 from runtime.errors import PansegError
 from runtime.model import EngineShape, PanopticModel, load_model
 from runtime.model_info import ModelInfo
@@ -502,18 +503,6 @@ class BenchResult:
         lines.append(f"=== Whole model: row '{whole.name}' ({files}), mean {whole.stats.mean:.4f} ms per batch of "
                      f"{shape.batch}{others} ===")
         return lines
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def environment(backend: Backend) -> dict[str, Any]:

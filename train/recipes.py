@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from runtime.cpuinfo import cpu_flags, cpu_model
 from runtime.errors import PansegError
 from train.amp import cpu_supports_bfloat16
 
@@ -82,30 +85,6 @@ DEMO_RECIPES: dict[str, Recipe] = {
 }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (what every quoted time must be read against)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 _FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("avx512_bf16", "AVX512-BF16"),
              ("amx_bf16", "AMX"))
 
@@ -146,8 +125,7 @@ def machine(recipe: Recipe | None = None) -> dict[str, str | bool]:
         why = "float32 by request (this CPU also has native bfloat16)"
     else:
         why = "no native bfloat16: float32 (bfloat16 would be emulated and slower), with less work"
-    import torch  # torch's kernel level can be below the CPU's (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
-
+    # torch's kernel level can be below the CPU's (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): say which ran
     features = f"{cpu_features()}; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
     return {"cpu": cpu_model(), "features": features, "bfloat16": bf16, "recipe": recipe.name,
-            "training_precision": recipe.precision, "note": f"recipe {recipe.name}: {why}"}
+            "training_precision": recipe.precision, "note": why}

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = quick_recipe() if args.quick else demo_recipe(args.recipe)
     cpu = machine(recipe)
     print(f"CPU: {cpu['cpu']} ({cpu['features']}) -> recipe {recipe.name}, training in {recipe.precision}: "
-          f"{cpu['note'].split(': ', 1)[1]}", flush=True)
+          f"{cpu['note']}", flush=True)
     stages = plan(out, size, recipe)
     total = len(stages) + 1
     results: list[StageResult] = []

@@ -18,22 +18,11 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from export.precision.blocks import QUANTIZED_OPS
 from export.precision.calibration import FeedsReader
 from runtime.contract import INT8_CPU, INT8_TENSORRT
+from runtime.cpuinfo import cpu_flags
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                        "entropy": CalibrationMethod.Entropy}
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The first processor's flags (empty when /proc/cpuinfo cannot be read, e.g. not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from runtime.backends.base import Backend, TensorSpec, check_feeds, check_output
 from runtime.backends.tensorrt_ep import CUDA_EP, TENSORRT_EP, profiles_or_warn, provider_options, with_cuda_fallback
 from runtime.cache_dir import model_cache_dir
 from runtime.contract import KEY_MASK_GRAPH_OF
+from runtime.cpuinfo import cpu_model
 from runtime.errors import PansegError
 from runtime.filehash import file_sha256
 from runtime.metadata_props import decode_metadata_props
@@ -117,16 +118,7 @@ def resolve_providers(providers: Sequence[str]) -> list[str]:
 @lru_cache(maxsize=1)
 def hardware_fingerprint() -> str:
     """CPU identity: ENABLE_ALL bakes CPU-specific layouts (NCHWc blocking) into the saved graph."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.system()}|{platform.machine()}|{model or platform.processor()}"
+    return f"{platform.system()}|{platform.machine()}|{cpu_model()}"
 
 
 def cache_key(ort_version: str, providers: Sequence[str], options: dict[str, Any]) -> str:

@@ -10,12 +10,12 @@ naming the problem; the other requests of the batch are answered normally and th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.cpuinfo import physical_cores
 from runtime.errors import PansegError
 from runtime.serving.native import load_native_model
 from runtime.serving.protocol import (
@@ -61,22 +61,6 @@ def engine_options(threads: str, instances: int, cores: int | None = None) -> di
     if instances > 1:
         options["allow_spinning"] = False
     return options
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (SMT siblings counted once), as ONNX Runtime counts its default
-    threads; all logical CPUs where the topology is not readable."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in allowed:
-        try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
 
 
 def service_from_parameters(version_dir: Path, params: dict[str, str], max_batch: int,
