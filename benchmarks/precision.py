@@ -34,6 +34,7 @@ from benchmarks.precision_variants import MAX_PQ_DROP, VARIANTS
 from export.onnx.verify.images import list_images
 from export.precision.__main__ import main as precision_main
 from export.precision.agreement import ImageRun, compare_runs, run_images
+from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.categories import Category, categories_from_json
 from runtime.cpuinfo import cpu_flags, cpu_model
 from runtime.errors import PansegError
@@ -237,8 +238,8 @@ def run(args: argparse.Namespace) -> int:
               "threads": args.threads, "model": repo_relative(str(work.fp32)),
               "calibration": [repo_relative(a) for a in work.calibration],
               "images": [p.name for p in work.images], "rows": measure(work, models, args.threads, args.repeats)}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(markdown(report))
+    atomic_write_json(out / "report.json", report, indent=1)
+    atomic_write_bytes(out / "report.md", markdown(report).encode("utf-8"))
     print(f"{report['cpu']}; {report['flags']}; wrote {out / 'report.json'} and report.md")
     return 0
 

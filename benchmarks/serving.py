@@ -43,6 +43,7 @@ from benchmarks.serving_accounting import Snapshot, per_request
 from benchmarks.serving_stages import STAGES, stage_cpu_ms
 from export.triton import ModelConfig
 from export.triton.repository import ServingSettings, write_repository
+from runtime.atomic import atomic_write_bytes
 from runtime.contract import IMAGE_EXTENSIONS
 from runtime.errors import PansegError
 from runtime.infer import infer
@@ -452,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = {"command": shell_line([sys.executable, "-m", "benchmarks.serving", *argv], python="python"), **report,
               "summary": summary(report)}
-    (args.output / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (args.output / "report.md").write_text(markdown(report))
+    atomic_write_bytes(args.output / "report.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
+    atomic_write_bytes(args.output / "report.md", markdown(report).encode("utf-8"))
     plot(report, args.output / "serving.png")
     print(markdown(report))
     return 0

@@ -18,7 +18,7 @@ import runtime
 from export.triton.config import ModelConfig, render_config
 from export.triton.native import GraphModelConfig, GraphServing, graph_model_configs, render_graph_config
 from export.triton.readme import render_readme
-from runtime.atomic import dumps_json
+from runtime.atomic import atomic_write_bytes, dumps_json
 from runtime.backends.triton_bls import GraphDescription, describe_graph
 from runtime.categories import categories_to_json
 from runtime.contract import IMAGES, is_tensorrt_file, sidecar_path
@@ -172,12 +172,12 @@ def write_repository(model_path: str | os.PathLike, repository: str | os.PathLik
             shutil.rmtree(partial, ignore_errors=True)
         raise PansegError(f"{repository}: cannot write the model repository ({exc.strerror or exc})") from exc
     config_path = model_dir / "config.pbtxt"
-    config_path.write_text(render_config(config), encoding="utf-8")
+    atomic_write_bytes(config_path, render_config(config).encode("utf-8"))
     graph_paths = {}
     for role, graph in graph_configs.items():
         graph_paths[role] = repository / graph.name / "config.pbtxt"
-        graph_paths[role].write_text(render_graph_config(graph), encoding="utf-8")
-    (repository / "README.md").write_text(render_readme(repository, config, graph_configs), encoding="utf-8")
+        atomic_write_bytes(graph_paths[role], render_graph_config(graph).encode("utf-8"))
+    atomic_write_bytes(repository / "README.md", render_readme(repository, config, graph_configs).encode("utf-8"))
     files = [t / p.name for t, p in zip(targets[1:], copied, strict=True)] if graph_configs else \
         [version_dir / ENGINE_DIR / p.name for p in copied]
     return RepositoryResult(repository, config_path, version_dir, files, graph_paths)
