@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group_batches", action="store_true",
                    help="one orientation, aspect group and training scale per batch: far less padding than detr's "
                         "per-image scales (train/datasets/grouped.py)")
+    p.add_argument("--precise_bn", type=int, default=0, metavar="N",
+                   help="before each evaluation and the last checkpoint, recompute the backbone's BatchNorm "
+                        "statistics over N training batches at the evaluation scale (train/precise_bn.py); 0: off")
     p.add_argument("--no_crop", dest="crop", action="store_false", help="skip detr's random-crop branch")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--cache_dataset", action="store_true",

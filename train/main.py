@@ -9,8 +9,9 @@ import json
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from train.mask_init import amplify_attention_inputs
 from train.models import DETRConfig, build_model
 from train.models.criterion import build_criterion
 from train.optim import build_lr_scheduler, build_optimizer
+from train.precise_bn import recompute_batchnorm_statistics
 from train.pretrained import load_backbone_weights, load_pretrained
 from train.scratch_backbone import train_backbone_from_scratch
 from train.token_loss import DETRWithTokenHead, loss_tokens
@@ -255,6 +257,12 @@ def run(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
         )
         scheduler.step()
+        last = epoch == args.epochs - 1
+        evaluate_now = args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last)
+        if args.precise_bn and (last or evaluate_now):
+            forward = partial(forward_images, device=device, channels_last=args.channels_last)
+            recompute_batchnorm_statistics(model_without_ddp, statistics_batches(train_loader, args), forward,
+                                           show_progress=args.progress and info.is_main)
         log: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                                "lr": optimizer.param_groups[0]["lr"]}
         checksums = dist_utils.all_gather_object(parameter_checksum(model_without_ddp))
@@ -269,8 +277,7 @@ def run(args: argparse.Namespace) -> int:
             if token_head is not None:  # training-only, kept apart from the detr-compatible 'model'
                 ckpt["token_head"] = token_head.state_dict()
             save_checkpoint(output_dir / "checkpoint.pth", ckpt)
-        last = epoch == args.epochs - 1
-        if info.is_main and args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last):
+        if info.is_main and evaluate_now:
             log.update(evaluate(model_without_ddp, criterion, val_loader, device, args, output_dir))
         now = time.perf_counter()
         log["minutes"] = round((now - started) / 60, 3)
@@ -282,6 +289,31 @@ def run(args: argparse.Namespace) -> int:
                     f.write(line + "\n")
         dist_utils.barrier()
     return 0
+
+
+def statistics_batches(train_loader: DataLoader, args: argparse.Namespace) -> Iterator[Any]:
+    """``--precise_bn`` training batches at the evaluation scale, one orientation per batch (no padding, as inference
+    sees images), with their own seed: the same batches on every rank and in every run, and the training's random
+    state untouched."""
+    dataset = train_loader.dataset
+    dataset = dataset.dataset if isinstance(dataset, BatchScaled) else dataset
+    sampler = GroupedBatchSampler(image_sizes(dataset), args.batch_size, [args.image_size], seed=args.seed)
+    loader = DataLoader(BatchScaled(dataset), batch_sampler=sampler, collate_fn=collate_fn)
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        try:
+            yield from islice(loader, args.precise_bn)
+        finally:
+            random.setstate(state)
+
+
+def forward_images(model: torch.nn.Module, batch: tuple, device: str, channels_last: bool) -> None:
+    """The model on one collated batch, in float32 as evaluation and the export run it."""
+    images, padding_mask, _ = batch
+    images = images.to(device)
+    model(images.contiguous(memory_format=torch.channels_last) if channels_last else images, padding_mask.to(device))
 
 
 def contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
