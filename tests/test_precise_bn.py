@@ -89,3 +89,13 @@ def test_training_with_precise_bn_saves_the_recomputed_statistics(tiny_dataset, 
     recompute_batchnorm_statistics(training.model_without_ddp, statistics_batches(train_loader, args),
                                    lambda m, b: forward_images(m, b, "cpu", False))
     torch.testing.assert_close(training.model_without_ddp.state_dict()[key], saved["model"][key])
+
+
+def test_grouped_scratch_training_without_precise_bn_says_what_to_add(tiny_dataset, tmp_path, capsys):
+    from conftest import run_train
+
+    flags = ("--epochs", "1", "--max_iters", "1", "--scratch_backbone", "--group_batches")
+    run_train(tiny_dataset, tmp_path / "without", *flags)
+    assert "needs --precise_bn" in capsys.readouterr().err
+    run_train(tiny_dataset, tmp_path / "with", *flags, "--precise_bn", "1")
+    assert "needs --precise_bn" not in capsys.readouterr().err

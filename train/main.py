@@ -216,6 +216,11 @@ def run(args: argparse.Namespace) -> int:
         t.model, t.model_without_ddp, t.criterion, t.optimizer, t.scheduler)
     config, categories, device, info, token_head = t.config, t.categories, t.device, t.info, t.token_head
     frozen_modules, scaler = t.frozen_modules, t.scaler
+    scratch_batchnorm = args.scratch_backbone and not args.frozen_weights
+    if args.group_batches and scratch_batchnorm and not args.precise_bn and info.is_main:
+        print("python -m train: note: --group_batches with a from-scratch backbone needs --precise_bn N (e.g. 60) so "
+              "that inference gets the BatchNorm statistics training normalized with (train/precise_bn.py)",
+              file=sys.stderr)
 
     train_loader, val_loader, sampler = build_loaders(args, info)
 
