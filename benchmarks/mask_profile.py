@@ -6,7 +6,7 @@ Each MODEL is a query-sparse detector; its mask graph (``MODEL.masks.onnx``, nam
 astronaut), at the model's resize policy, with each image keeping its ``--kept`` best queries (default 20 of detr's
 100, ``runtime.bench.top_queries``). ONNX Runtime's profiler times every node (benchmarks/ort_profile.py); FLOP/s is
 set against the fp32 matmul peak measured in the same run (benchmarks/hardware.py, as ``benchmarks.latency`` does).
-Several models are profiled in one run, one after another on the same photo, so their times compare (e.g. a mask
+Several models are profiled in one run, taking turns on the same photo, so their times compare (e.g. a mask
 graph before and after an export change). Writes ``report.md`` and ``report.json`` to ``--out``.
 """
 
@@ -58,20 +58,31 @@ def mask_inputs(model_path: Path, image: Path, kept: int, threads: int) -> tuple
     return mask_path, mask_graph_feeds(det, *kept_pairs(keep))
 
 
-def profile_graph(path: Path, feeds: dict[str, np.ndarray], threads: int, warmup: int, runs: int,
-                  folder: Path) -> Path:
-    """Run ``path`` ``warmup + runs`` times under ONNX Runtime's profiler with all graph optimizations, as the
-    runtime loads it; the raw profile file (in ``folder``), for :func:`benchmarks.ort_profile.aggregate`."""
+def profiling_session(path: Path, threads: int, folder: Path) -> ort.InferenceSession:
+    """``path`` under ONNX Runtime's profiler, with all graph optimizations as the runtime loads it."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / path.stem)
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(warmup + runs):
-        session.run(None, feeds)
-    return Path(session.end_profiling())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def profile_graphs(graphs: Sequence[tuple[Path, dict[str, np.ndarray]]], threads: int, warmup: int, runs: int,
+                   rounds: int, folder: Path) -> list[Path]:
+    """Each (graph, feeds) run ``warmup`` times, then ``runs`` times per round, the graphs taking turns (in reverse
+    order every other round) so that a machine whose load drifts weighs on all of them alike; the raw profiles."""
+    sessions = [profiling_session(path, threads, folder) for path, _ in graphs]
+    for session, (_, feeds) in zip(sessions, graphs, strict=True):
+        for _ in range(warmup):
+            session.run(None, feeds)
+    order = list(range(len(graphs)))
+    for round_index in range(rounds):
+        for k in (order if round_index % 2 == 0 else order[::-1]):
+            for _ in range(runs):
+                sessions[k].run(None, graphs[k][1])
+    return [Path(session.end_profiling()) for session in sessions]
 
 
 def _ms(value: float) -> str:
@@ -92,7 +103,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"CPU {report['cpu']}, {report['threads']} intra-op threads, ONNX Runtime {report['onnxruntime']} "
              f"(ORT_ENABLE_ALL), load average {report['load_before']} before / {report['load_after']} after. "
              f"Mask graph on the detector's outputs for {report['image']} ({report['mask_inputs']['hs_kept'][0]} kept "
-             f"queries), {report['warmup']} warmup + {report['runs']} profiled runs. Peak: "
+             f"queries), {report['warmup']} warmup + {report['rounds']} x {report['runs']} profiled runs per model "
+             "(the models taking turns). Peak: "
              f"{peak['flops_per_second'] / 1e9:.1f} GFLOP/s ({peak['method']}, {peak['threads']} threads).",
              "", f"Command: `{report['command']}`", ""]
     if len(report["models"]) > 1:
@@ -131,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kept", type=positive_int, default=20, help="queries kept per image (default: 20)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--warmup", type=positive_int, default=1, help="first runs, left out of the averages (default: 1)")
-    p.add_argument("--runs", type=positive_int, default=3, help="profiled runs averaged (default: 3)")
+    p.add_argument("--runs", type=positive_int, default=3, help="profiled runs per model and round (default: 3)")
+    p.add_argument("--rounds", type=positive_int, default=2,
+                   help="rounds in which the models take turns (default: 2); every run after the warmup is averaged")
     p.add_argument("--peak-size", type=positive_int, default=2048, help="matrix size of the fp32 peak measurement")
     p.add_argument("--out", type=Path, default=Path("mask-profile"), help="folder for report.md and report.json")
     return p
@@ -160,23 +174,25 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         inputs = [mask_inputs(model, image, args.kept, args.threads) for model in args.models]  # bad models fail here
         peak_before = hardware.matmul_peak(args.threads, args.peak_size)
         raws = []
-        for model, (mask_path, feeds) in zip(args.models, inputs, strict=True):
-            raw = profile_graph(mask_path, feeds, args.threads, args.warmup, args.runs, Path(tmp))
-            raws.append(args.out / f"{model.stem}.profile.json")
+        for k, (model, raw) in enumerate(zip(args.models, profile_graphs(inputs, args.threads, args.warmup, args.runs,
+                                                                          args.rounds, Path(tmp)), strict=True)):
+            raws.append(args.out / f"{k}-{model.stem}.profile.json")
             atomic_write_bytes(raws[-1], raw.read_bytes())
         peak = _best_peak(peak_before, hardware.matmul_peak(args.threads, args.peak_size))
     models = []
+    unique = len({m.stem for m in args.models}) == len(args.models)
     for model, (mask_path, _), raw in zip(args.models, inputs, raws, strict=True):
         weights = original_weights(onnx.load(str(mask_path), load_external_data=False))
         profile = aggregate(load_events(raw), args.warmup, weights, peak["flops_per_second"])
-        models.append({"name": model.stem, "mask_graph": repo_relative(str(mask_path)),
+        name = model.stem if unique else f"{model.parent.name}/{model.stem}"
+        models.append({"name": name, "mask_graph": repo_relative(str(mask_path)),
                        "raw_profile": raw.name, "profile": profile.to_json()})
         print(f"{model}: mask graph {profile.run_ms:.1f} ms per run", file=sys.stderr)
     feeds = inputs[0][1]
     report = {"cpu": cpu_model(), "threads": args.threads, "onnxruntime": ort.__version__,
               "command": shell_line([sys.executable, "-m", "benchmarks.mask_profile", *argv]),
               "image": image.name, "mask_inputs": {k: list(v.shape) for k, v in feeds.items()},
-              "warmup": args.warmup, "runs": args.runs, "peak": peak, "load_before": load_before,
+              "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, "peak": peak, "load_before": load_before,
               "load_after": [round(x, 2) for x in os.getloadavg()], "models": models}
     atomic_write_json(args.out / "report.json", report, indent=1)
     atomic_write_bytes(args.out / "report.md", markdown(report).encode("utf-8"))

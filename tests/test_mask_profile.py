@@ -17,7 +17,7 @@ from conftest import separable, synthetic_images
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.mask_profile import main as mask_profile_main
-from benchmarks.mask_profile import profile_graph
+from benchmarks.mask_profile import profile_graphs
 from benchmarks.ort_profile import aggregate, load_events, original_weights
 from export.onnx import export_checkpoint
 from export.onnx.graph import ShapePolicy, sample_inputs
@@ -48,7 +48,7 @@ def profiled(tiny_model, tmp_path_factory):
         traced = dict(zip(DETECTOR_OUTPUTS, DetectorGraph(tiny_model)(*sample_inputs(ShapePolicy())), strict=True))
     inputs = trace_mask_inputs(traced)
     feeds = {name: t.numpy() for name, t in zip(MASK_GRAPH_INPUTS, inputs, strict=True)}
-    events = load_events(profile_graph(path, feeds, 1, WARMUP, RUNS, folder))
+    events = load_events(profile_graphs([(path, feeds)], 1, WARMUP, RUNS, 1, folder)[0])
     return inputs, aggregate(events, WARMUP, original_weights(masks), peak_flop_per_s=1e10), events
 
 
@@ -101,9 +101,12 @@ def test_command_line_profiles_each_models_mask_graph_and_writes_the_report(tiny
     image = next(iter(sorted(synthetic_images(tmp_path / "images", count=1).iterdir())))
     out = tmp_path / "report"
     assert mask_profile_main([str(model), str(model), "--image", str(image), "--kept", "3", "--threads", "1",
-                              "--runs", "1", "--peak-size", "256", "--out", str(out)]) == 0
+                              "--runs", "1", "--rounds", "2", "--peak-size", "256", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == ["tiny", "tiny"]
+    assert [m["name"] for m in report["models"]] == [f"{tmp_path.name}/tiny"] * 2
+    for m in report["models"]:
+        assert m["profile"]["runs"] == 2 and (out / m["raw_profile"]).is_file()
+    assert report["models"][0]["raw_profile"] != report["models"][1]["raw_profile"]
     assert report["mask_inputs"]["hs_kept"] == [3, TINY.hidden_dim]
     text = (out / "report.md").read_text()
     assert "## Side by side" in text and "| Conv |" in text and report["cpu"] in text
