@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=2,
                    help="rounds in which the models take turns (default: 2); every run after the warmup is averaged")
     p.add_argument("--peak-size", type=positive_int, default=2048, help="matrix size of the fp32 peak measurement")
+    p.add_argument("--peak-repeats", type=positive_int, default=10,
+                   help="timed matmuls per peak measurement, the best counts (default: 10; more on a busy machine)")
     p.add_argument("--out", type=Path, default=Path("mask-profile"), help="folder for report.md and report.json")
     return p
 
@@ -172,13 +174,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not image.is_file():
             raise PansegError(f"{image}: no such image")
         inputs = [mask_inputs(model, image, args.kept, args.threads) for model in args.models]  # bad models fail here
-        peak_before = hardware.matmul_peak(args.threads, args.peak_size)
+        peak_before = hardware.matmul_peak(args.threads, args.peak_size, args.peak_repeats)
         raws = []
         for k, (model, raw) in enumerate(zip(args.models, profile_graphs(inputs, args.threads, args.warmup, args.runs,
                                                                           args.rounds, Path(tmp)), strict=True)):
             raws.append(args.out / f"{k}-{model.stem}.profile.json")
             atomic_write_bytes(raws[-1], raw.read_bytes())
-        peak = _best_peak(peak_before, hardware.matmul_peak(args.threads, args.peak_size))
+        peak = _best_peak(peak_before, hardware.matmul_peak(args.threads, args.peak_size, args.peak_repeats))
     models = []
     unique = len({m.stem for m in args.models}) == len(args.models)
     for model, (mask_path, _), raw in zip(args.models, inputs, raws, strict=True):
