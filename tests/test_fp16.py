@@ -1,5 +1,6 @@
-"""export/precision/fp16.py on a small graph read back node by node: what is kept in float32 stays float32 between
-two kept nodes (ONNX Runtime's converter alone rounds it to float16 and back), against a float64 numpy reference."""
+"""export/precision/fp16.py, graphs read back node by node: what is kept in float32 stays float32 between two kept
+nodes (ONNX Runtime's converter alone rounds it to float16 and back; checked against a float64 numpy reference), and
+the mask graph keeps its attention logits in float32."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ import logging
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
+from conftest import TINY_CONFIG as TINY
+from conftest import separable
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from export.precision.fp16 import BLOCKED_OPS, float32_tensors, to_fp16
+from export.onnx.graph import ShapePolicy, sample_inputs
+from export.onnx.sparse import DetectorGraph, export_sparse_model, trace_mask_inputs
+from export.precision.fp16 import BLOCKED_OPS, float32_tensors, softmax_inputs, to_fp16
+from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_INPUTS
+from train.models import build_model
 
 ROWS, WIDTH = 4, 64
 
@@ -82,3 +90,32 @@ def test_float32_nodes_read_and_write_float32_without_a_float16_round_trip():
     matmul = next(n for n in converted.graph.node if n.op_type == "MatMul")
     assert matmul.input[0] not in scaled
     assert 0 < np.abs(fixed["z"] - float32["z"]).max() < 0.05 * np.abs(float32["z"]).max()
+
+
+def test_mask_graph_keeps_its_attention_logits_in_float32_and_its_convolutions_in_float16():
+    torch.manual_seed(0)
+    model = separable(build_model(TINY)).eval()
+    _, masks, _, _ = export_sparse_model(model, ShapePolicy())
+    attention = softmax_inputs(masks)
+    ops = {n.name: n.op_type for n in masks.graph.node}
+    assert {"Gemm", "MatMul", "Where"} <= {ops[name] for name in attention}
+    assert "Softmax" not in {ops[name] for name in attention} and "Conv" not in {ops[name] for name in attention}
+    converted, kept = to_fp16(masks, keep=attention)
+    inferred = onnx.shape_inference.infer_shapes(converted).graph
+    float16 = {v.name for v in [*inferred.value_info, *inferred.input]
+               if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    float16 |= {t.name for t in converted.graph.initializer if t.data_type == TensorProto.FLOAT16}
+    nodes = {n.name: n for n in converted.graph.node}
+    for name in attention:
+        assert not float16.intersection([*nodes[name].input, *nodes[name].output]), name
+    assert "hs_kept" in float32_tensors(converted) and nodes["/q_linear/Gemm"].input[0] == "hs_kept"
+    weights = {t.name: t.data_type for t in converted.graph.initializer}
+    convs = [n for n in converted.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]] == TensorProto.FLOAT16 for n in convs)
+    assert kept == [n.name for n in masks.graph.node if n.op_type in ("Softmax", "InstanceNormalization")]
+    with torch.no_grad():
+        traced = dict(zip(DETECTOR_OUTPUTS, DetectorGraph(model)(*sample_inputs(ShapePolicy())), strict=True))
+    feeds = {name: t.numpy() for name, t in zip(MASK_GRAPH_INPUTS, trace_mask_inputs(traced), strict=True)}
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+           for m in (masks, converted)]
+    assert np.abs(run[1] - run[0]).max() < 0.05 * np.abs(run[0]).max()
