@@ -32,4 +32,6 @@ def test_report_names_the_load_and_fp32s_first_and_last_time():
                        {**row, "model": "int8-cpu-entropy", "ms_per_image": 50.0, "speedup_vs_fp32": 2.0}]}
     text = markdown(report)
     assert "Load average (1, 5, 15 min) [1.5, 1.0, 0.5] before, [2.5, 1.5, 0.7] after" in text
-    assert "| fp32 | 100.0 / 110.0 | 1.00x |" in text and "| int8-cpu-entropy | 50.0 | 2.00x |" in text
+    assert "| fp32 | 100.0 / 110.0 | 1.00x | - |" in text and "| int8-cpu-entropy | 50.0 | 2.00x | - |" in text
+    report["rows"][1]["kept_queries_per_image"] = 61.5
+    assert "| int8-cpu-entropy | 50.0 | 2.00x | 61.5 | 1 |" in markdown(report)
