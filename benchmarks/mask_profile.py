@@ -30,7 +30,7 @@ from benchmarks.markdown import table
 from benchmarks.ort_profile import aggregate, load_events, original_weights
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.bench import top_queries
-from runtime.contract import DETECTOR_OUTPUTS, PRED_BOXES, PRED_LOGITS
+from runtime.contract import DETECTOR_OUTPUTS, IMAGES, PADDING_MASK, PRED_BOXES, PRED_LOGITS
 from runtime.cpuinfo import cpu_model
 from runtime.errors import PansegError
 from runtime.model import load_model
@@ -51,7 +51,7 @@ def mask_inputs(model_path: Path, image: Path, kept: int, threads: int) -> tuple
         info, mask_path = model.info, Path(model.masks.path)
         array, _ = load_and_preprocess(image, info.resize.size, info.resize.max_size)
         images, padding = pad_batch([array])
-        det = {k: np.asarray(v) for k, v in model.detector.infer({"images": images, "padding_mask": padding},
+        det = {k: np.asarray(v) for k, v in model.detector.infer({IMAGES: images, PADDING_MASK: padding},
                                                                  list(DETECTOR_OUTPUTS)).items()}
     select = top_queries(kept)
     keep = [select(logits, boxes)[0] for logits, boxes in zip(det[PRED_LOGITS], det[PRED_BOXES], strict=True)]

@@ -6,10 +6,10 @@ and ``InstanceNormalization`` (how the mask head's GroupNorm exports). Inputs an
 runtime feeds and reads the variant exactly like the fp32 model.
 
 ONNX Runtime's converter stores every tensor as float16, also between two nodes it keeps in float32: it casts the
-first node's output to float16 and back (``Cast``, ``Cast``), so a float32 chain (the GroupNorm's Reshape,
-InstanceNormalization, Reshape, Mul, Add; the image input into the first convolution's cast) was rounded to float16
-at every step anyway. :func:`drop_float16_round_trips` removes those pairs, so what is kept in float32 stays float32
-from node to node.
+first node's output to float16 and back (``Cast``, ``Cast``), so a float32 chain was rounded to float16 at every
+step anyway: in DETR's detector each decoder layer's last LayerNorm into the decoder's final LayerNorm (6 round
+trips), and every step of whatever else is kept (``keep``). :func:`drop_float16_round_trips` removes those pairs, so
+what is kept in float32 stays float32 from node to node.
 
 The mask graph also keeps its attention logits in float32 (:func:`softmax_inputs`: the query projection, the dot
 products with the keys and the padding mask, everything its Softmax reads; a few small nodes): they are
