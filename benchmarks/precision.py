@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -34,6 +35,7 @@ from benchmarks.precision_variants import MAX_PQ_DROP, VARIANTS
 from export.onnx.verify.images import list_images
 from export.precision.__main__ import main as precision_main
 from export.precision.agreement import ImageRun, compare_runs, run_images
+from export.precision.int8 import CALIBRATION_METHODS
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.categories import Category, categories_from_json
 from runtime.cpuinfo import cpu_flags, cpu_model
@@ -45,6 +47,7 @@ from runtime.preprocess import load_and_preprocess, pad_batch
 from runtime.subcommands import positive_int, report_errors
 
 PROG = "python -m benchmarks.precision"
+DEFAULT_METHOD = "minmax"  # export.precision's default; its INT8 variants keep the plain names (int8-cpu)
 R50_VARIANT_FLAGS = "--float-blocks"  # everything quantized, no sweep (minutes per measurement at 800 px)
 
 
@@ -130,16 +133,30 @@ def end_to_end_ms(model_path: Path, photos: Sequence[Path], threads: int, repeat
     return statistics.median(rounds)
 
 
-def make_variants(work: Workload, names: Sequence[str], out: Path, threads: int) -> dict[str, Path]:
-    """fp32 and each variant's file, made with python -m export.precision unless already in ``out``."""
-    models = {"fp32": work.fp32}
+def variant_runs(names: Sequence[str], methods: Sequence[str]) -> list[tuple[str, str, str | None]]:
+    """(row name, variant, calibration method) to make and measure: every INT8 variant once per method, named
+    ``int8-cpu`` for minmax (the default) and ``int8-cpu-<method>`` otherwise; fp16 once (no calibration)."""
+    runs: list[tuple[str, str, str | None]] = []
     for name in names:
+        if not name.startswith("int8"):
+            runs.append((name, name, None))
+            continue
+        runs += [(name if method == DEFAULT_METHOD else f"{name}-{method}", name, method) for method in methods]
+    return runs
+
+
+def make_variants(work: Workload, names: Sequence[str], out: Path, threads: int,
+                  methods: Sequence[str] = (DEFAULT_METHOD,)) -> dict[str, Path]:
+    """fp32 and each variant's file (INT8 ones per calibration method), made with python -m export.precision unless
+    already in ``out``."""
+    models = {"fp32": work.fp32}
+    for name, variant, method in variant_runs(names, methods):
         path = out / f"{work.name}-{name}.onnx"
-        extra = work.variant_flags if name.startswith("int8") else []
+        extra = [*work.variant_flags, "--calibration-method", method] if method is not None else []
         if not path.exists():
             code = precision_main([str(work.fp32), "-o", str(path), "--calibration-images", *work.calibration,
                                    "--threads", str(threads), "--json", str(out / f"{work.name}-{name}.json"),
-                                   *VARIANTS[name], *extra])
+                                   *VARIANTS[variant], *extra])
             if code:
                 raise PansegError(f"{work.fp32}: making the {name} variant failed (exit code {code})")
         models[name] = path
@@ -161,28 +178,34 @@ def measure(work: Workload, models: dict[str, Path], threads: int, repeats: int)
                "category_agreement": round(agreement.category_agreement, 4),
                "segment_agreement": round(agreement.segment_agreement, 4),
                "same_segment_rate": round(agreement.same_segment_rate, 3), "pq_vs_fp32": round(agreement.pq, 2),
-               "max_logits_error": round(agreement.max_logits_error, 4)}
+               "max_logits_error": round(agreement.max_logits_error, 4),
+               # the mask graph runs on the kept queries: a variant that keeps more is slower for that reason alone
+               "kept_queries_per_image": round(statistics.mean(r.kept.size for r in runs), 1)}
         if work.ground_truth is not None:
             pq = work.ground_truth.pq(work.images, runs)
             row["pq"] = pq
             if rows:
                 drop = rows[0]["pq"]["All"] - pq["All"]
-                row.update(pq_drop_points=drop, max_pq_drop_points=MAX_PQ_DROP[name],
-                           target_met=drop <= MAX_PQ_DROP[name])
+                allowed = MAX_PQ_DROP[next(v for v in MAX_PQ_DROP if name == v or name.startswith(v + "-"))]
+                row.update(pq_drop_points=drop, max_pq_drop_points=allowed, target_met=drop <= allowed)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if len(rows) > 1:  # fp32 once more at the end: how far the machine drifted while the variants ran
+        rows[0]["ms_per_image_last"] = round(end_to_end_ms(work.fp32, work.images, threads, repeats), 1)
     return rows
 
 
 def markdown(report: dict[str, Any]) -> str:
     """report.md: one row per model; PQ columns only when a ground truth scored them."""
     scored = "pq" in report["rows"][0]
-    header = ["model", "ms/image", "vs fp32", "category agreement", "same segments", "PQ vs fp32", "worst logits error"]
+    header = ["model", "ms/image", "vs fp32", "kept queries", "category agreement", "same segments", "PQ vs fp32",
+              "worst logits error"]
     header += ["PQ", "PQ things", "PQ stuff", "PQ drop", "target"] if scored else []
     rows = []
     for r in report["rows"]:
-        row = [r["model"], r["ms_per_image"], f"{r['speedup_vs_fp32']:.2f}x", r["category_agreement"],
-               r["same_segment_rate"], r["pq_vs_fp32"], r["max_logits_error"]]
+        ms = r["ms_per_image"] if "ms_per_image_last" not in r else f"{r['ms_per_image']} / {r['ms_per_image_last']}"
+        row = [r["model"], ms, f"{r['speedup_vs_fp32']:.2f}x", r.get("kept_queries_per_image", "-"),
+               r["category_agreement"], r["same_segment_rate"], r["pq_vs_fp32"], r["max_logits_error"]]
         if scored:
             target = ("-" if "target_met" not in r else
                       f"<= {r['max_pq_drop_points']:.1f}: {'met' if r['target_met'] else 'NOT met'}")
@@ -192,10 +215,22 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([f"# Precision variants of {report['model']}", "",
                       f"CPU {report['cpu']} ({', '.join(f for f, ok in report['flags'].items() if ok) or 'no'} "
                       f"extensions), {report['threads']} threads, ONNX Runtime end to end (preprocessing + model) on "
-                      f"{len(report['images'])} images; calibration: {' '.join(report['calibration'])}. PQ vs fp32: "
+                      f"{len(report['images'])} images; calibration: {' '.join(report['calibration'])}. "
+                      + (f"Load average (1, 5, 15 min) {report['load_average_before_after'][0]} before, "
+                         f"{report['load_average_before_after'][1]} after; fp32's ms: first / last row of the run. "
+                         if "load_average_before_after" in report else "") + "PQ vs fp32: "
                       "the variant scored with the fp32 output as ground truth"
                       + ("; PQ: against the dataset's panoptic ground truth (points), drop = fp32 minus the variant"
                          if scored else "") + ".", "", *table(header, rows)])
+
+
+def _method_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CALIBRATION_METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown calibration method(s) {unknown or text!r}; choose from "
+                                         f"{', '.join(CALIBRATION_METHODS)}")
+    return list(dict.fromkeys(names))
 
 
 def _variant_list(text: str) -> list[str]:
@@ -218,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: calibrate on the first N train images (default: 8, as the demo does)")
     p.add_argument("--variants", type=_variant_list, default=list(VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--calibration-methods", type=_method_list, default=[DEFAULT_METHOD],
+                   help="comma-separated: make and measure every INT8 variant once per calibration method, from "
+                        f"{', '.join(CALIBRATION_METHODS)} (default: {DEFAULT_METHOD}; others are named "
+                        "int8-cpu-<method>)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--variant-flags", help="extra flags for every INT8 variant (default: the R50 model "
@@ -232,12 +271,16 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = (r50_workload(out, args.variant_flags) if args.model is None
             else trained_workload(args.model, args.coco_path, args.max_images, args.variant_flags))
-    models = make_variants(work, args.variants, out, args.threads)
+    models = make_variants(work, args.variants, out, args.threads, args.calibration_methods)
     flags = cpu_flags()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    rows = measure(work, models, args.threads, args.repeats)
+    load_after = [round(x, 2) for x in os.getloadavg()]
     report = {"cpu": cpu_model(), "flags": {f: f in flags for f in ("avx2", "avx512_vnni", "avx512_bf16")},
-              "threads": args.threads, "model": repo_relative(str(work.fp32)),
+              "threads": args.threads, "load_average_before_after": [load_before, load_after],
+              "model": repo_relative(str(work.fp32)),
               "calibration": [repo_relative(a) for a in work.calibration],
-              "images": [p.name for p in work.images], "rows": measure(work, models, args.threads, args.repeats)}
+              "images": [p.name for p in work.images], "rows": rows}
     atomic_write_json(out / "report.json", report, indent=1)
     atomic_write_bytes(out / "report.md", markdown(report).encode("utf-8"))
     print(f"{report['cpu']}; {report['flags']}; wrote {out / 'report.json'} and report.md")

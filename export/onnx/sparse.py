@@ -63,6 +63,21 @@ _SPATIAL_NAMES = {ATTN_KEYS: "feat", MEMORY_MASK: "feat", LAY1_IMAGE: "feat", FP
 TRACE_KEPT = 3  # kept queries in the traced mask batch: not 1, not the batch size, not the query count
 
 
+def one_channel_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a convolution with one output channel (the mask head's ``out_lay``), as a depthwise
+    convolution and a sum over the channels: the same products and sums, in another order.
+
+    Why: ONNX Runtime's CPU kernels run convolutions in a channel-blocked layout (NCHWc) that pads the output channels
+    to the block (16 with AVX-512), so the one-channel convolution computed 16 channels and kept one. Measured on the
+    R50 mask graph: the slowest node per useful FLOP; see benchmarks/results/mask-graph-profile/README.md.
+    """
+    channels = conv.in_channels
+    per_channel = F.conv2d(x, conv.weight.transpose(0, 1), None, stride=conv.stride, padding=conv.padding,
+                           groups=channels)
+    out = per_channel.sum(1, keepdim=True)
+    return out if conv.bias is None else out + conv.bias.reshape(1, -1, 1, 1)
+
+
 def split_first_conv(conv: nn.Conv2d, image_channels: int) -> tuple[Tensor, Tensor]:
     """(W_img, W_att): lay1's weight split by input channel, image features first (detr's concatenation order)."""
     return conv.weight[:, :image_channels], conv.weight[:, image_channels:]
@@ -97,7 +112,8 @@ class MaskGraph(nn.Module):
     """The mask head for K kept queries of any images: hs_kept [K, D], image_index int64 [K] -> masks [K, H/4, W/4].
 
     Per query exactly what DETRsegm.forward_masks computes for it (attention maps with detr's softmax over heads and
-    positions together, then the conv/GroupNorm stack), with the per-image tensors gathered by ``image_index``.
+    positions together, then the conv/GroupNorm stack), with the per-image tensors gathered by ``image_index``; the
+    last convolution is computed as :func:`one_channel_conv` (equal up to float rounding).
     """
 
     input_names = MASK_GRAPH_INPUTS
@@ -133,7 +149,7 @@ class MaskGraph(nn.Module):
             skip = skip.index_select(0, image_index)
             x = skip + F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = F.relu(norm(conv(x)))
-        masks = head.out_lay(x)
+        masks = one_channel_conv(head.out_lay, x)
         return masks.reshape(masks.shape[0], masks.shape[2], masks.shape[3])
 
 

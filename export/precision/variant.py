@@ -18,7 +18,7 @@ import onnx
 from export.onnx.metadata import read_metadata, write_metadata
 from export.precision.blocks import nodes_in, quantizable_nodes
 from export.precision.calibration import CalibrationImages, cache_path, mask_graph_calibration_feeds, model_feeds
-from export.precision.fp16 import to_fp16
+from export.precision.fp16 import softmax_inputs, to_fp16
 from export.precision.int8 import Int8Flavour, quantize_graph
 from runtime.atomic import atomic_write_bytes
 from runtime.contract import FP16, INT8, KEY_MASK_GRAPH_OF, KEY_PRECISION, KEY_QUERY_SPARSE, mask_graph_name
@@ -72,8 +72,13 @@ class Int8Plan:
 
 
 def precision_entry(precision: str, float_nodes: Sequence[str], plan: Int8Plan | None = None,
-                    float_blocks: Sequence[str] = (), mask_graph_queries: str | None = None) -> dict[str, Any]:
+                    float_blocks: Sequence[str] = (), mask_graph_queries: str | None = None,
+                    float_attention_nodes: Sequence[str] = ()) -> dict[str, Any]:
+    """The metadata's precision entry; fp16: ``float_nodes`` are the nodes kept in float32 by operator type,
+    ``float_attention_nodes`` the mask graph's attention logits, kept too (export/precision/fp16.py)."""
     entry: dict[str, Any] = {"precision": precision, "float_nodes": list(float_nodes)}
+    if float_attention_nodes:
+        entry["float_attention_nodes"] = list(float_attention_nodes)
     if plan is not None:
         entry.update(int8_target=plan.flavour.target, flavour=plan.flavour.to_json(), float_blocks=list(float_blocks),
                      calibration={"method": plan.method, "images": len(plan.images.paths),
@@ -107,12 +112,15 @@ def masks_source_metadata(source: Source) -> onnx.ModelProto:
 
 
 def write_fp16(source: Source, output: Path) -> list[Path]:
+    """The fp16 variant; a query-sparse pair's mask graph keeps its attention logits in float32 as well."""
     detector, kept = to_fp16(onnx.load(str(source.path)))
-    masks = None
+    masks, attention = None, []
     if source.mask_path is not None:
-        masks, mask_kept = to_fp16(onnx.load(str(source.mask_path)))
+        mask_graph = onnx.load(str(source.mask_path))
+        attention = softmax_inputs(mask_graph)
+        masks, mask_kept = to_fp16(mask_graph, keep=attention)
         kept += mask_kept
-    return _write_pair(detector, masks, source, precision_entry(FP16, kept), output)
+    return _write_pair(detector, masks, source, precision_entry(FP16, kept, float_attention_nodes=attention), output)
 
 
 def write_int8(source: Source, plan: Int8Plan, float_blocks: Sequence[str], output: Path,
