@@ -4,10 +4,14 @@ A backbone trained from scratch keeps real BatchNorm layers (train/scratch_backb
 batch by that batch's own statistics. With size-grouped batches (train/datasets/grouped.py) every batch holds one
 scale and no padding, so the statistics the layers learnt to expect are those of one scale; the running averages
 kept during training mix every scale with a momentum over the last few batches, which is what inference then uses.
-Measured on the demo's detector (issue 19, validation loss at batch 1 as deployed): size-grouped training gave 1.52
-with its running statistics and 1.36 after recomputing them over 60 batches, against 1.47 for the same recipe
-with detr's mixed batches. Only for grouped batches: detr's padded, mixed-scale batches normalize with statistics
-that their running averages already match (recomputing them unpadded at one scale made that model worse, 1.58).
+Measured on the demo's detector (issue 19, AMD EPYC; validation loss at batch 1, as deployed): size-grouped
+training gave 1.52 with its running statistics and 1.36 after recomputing them over 60 batches, against 1.47 for
+the same recipe with detr's mixed batches; the demo's PQ rose from 40.4 / things 5.6 (8 + 3 epochs) to 45.7 / 11.6
+(8 + 4 epochs; 45.9 / 12.0 after 3). That is not the 55.1 / 27.2 of mixed batches (8 + 4): the grouped detector's
+thing queries stay less confident (37 above detr's 0.85 threshold on 100 val images, against 128), for a reason not
+found yet. Only for grouped batches: detr's padded,
+mixed-scale batches normalize with statistics their running averages already match (recomputing them unpadded at
+one scale made that model worse, 1.58).
 """
 
 from __future__ import annotations
