@@ -36,12 +36,17 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none): whether other work shared the machine."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine() -> dict[str, object]:
     """CPU, core counts, memory and OS; the load average says whether other work shared the machine."""
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
+    load = load_average()
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),

@@ -13,7 +13,6 @@ graph before and after an export change). Writes ``report.md`` and ``report.json
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -30,12 +29,12 @@ from benchmarks.markdown import table
 from benchmarks.ort_profile import aggregate, load_events, original_weights
 from runtime.atomic import atomic_write_bytes, atomic_write_json
 from runtime.bench import top_queries
-from runtime.contract import DETECTOR_OUTPUTS, IMAGES, PADDING_MASK, PRED_BOXES, PRED_LOGITS
+from runtime.contract import DETECTOR_OUTPUTS, IMAGES, PADDING_MASK
 from runtime.cpuinfo import cpu_model
 from runtime.errors import PansegError
 from runtime.model import load_model
 from runtime.preprocess import load_and_preprocess, pad_batch
-from runtime.sparse import kept_pairs, mask_graph_feeds
+from runtime.sparse import kept_mask_feeds
 from runtime.subcommands import positive_int, report_errors
 
 PROG = "python -m benchmarks.mask_profile"
@@ -53,9 +52,7 @@ def mask_inputs(model_path: Path, image: Path, kept: int, threads: int) -> tuple
         images, padding = pad_batch([array])
         det = {k: np.asarray(v) for k, v in model.detector.infer({IMAGES: images, PADDING_MASK: padding},
                                                                  list(DETECTOR_OUTPUTS)).items()}
-    select = top_queries(kept)
-    keep = [select(logits, boxes)[0] for logits, boxes in zip(det[PRED_LOGITS], det[PRED_BOXES], strict=True)]
-    return mask_path, mask_graph_feeds(det, *kept_pairs(keep))
+    return mask_path, kept_mask_feeds(det, top_queries(kept))
 
 
 def profiling_session(path: Path, threads: int, folder: Path) -> ort.InferenceSession:
@@ -165,7 +162,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not model.is_file():
             raise PansegError(f"{model}: {'is not a file' if model.exists() else 'no such model file'}")
     args.out.mkdir(parents=True, exist_ok=True)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = hardware.load_average()
     with tempfile.TemporaryDirectory(prefix="panseg-mask-profile-") as tmp:
         image = args.image
         if image is None:
@@ -195,7 +192,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
               "command": shell_line([sys.executable, "-m", "benchmarks.mask_profile", *argv]),
               "image": image.name, "mask_inputs": {k: list(v.shape) for k, v in feeds.items()},
               "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, "peak": peak, "load_before": load_before,
-              "load_after": [round(x, 2) for x in os.getloadavg()], "models": models}
+              "load_after": hardware.load_average(), "models": models}
     atomic_write_json(args.out / "report.json", report, indent=1)
     atomic_write_bytes(args.out / "report.md", markdown(report).encode("utf-8"))
     print(f"wrote {args.out / 'report.md'} and report.json")

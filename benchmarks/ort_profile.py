@@ -48,21 +48,20 @@ class NodeEvent:
     outputs: list[list[int]]
 
 
-def node_events(events: Sequence[Mapping[str, Any]]) -> tuple[list[NodeEvent], int]:
-    """(every node execution with its run index, the number of runs) from a profile's events."""
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+def node_events(events: Sequence[Mapping[str, Any]]) -> tuple[list[NodeEvent], list[tuple[float, float]]]:
+    """(every node execution with its run index, every run's (start, duration) in microseconds) from a profile."""
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     found = []
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith(KERNEL_SUFFIX):
             continue
-        run = next((k for k, (start, end) in enumerate(runs) if start <= e["ts"] <= end), None)
+        run = next((k for k, (start, duration) in enumerate(runs) if start <= e["ts"] <= start + duration), None)
         if run is None:
             continue
         args = e.get("args", {})
         found.append(NodeEvent(e["name"][:-len(KERNEL_SUFFIX)], args.get("op_name", "?"), run, float(e["dur"]),
                                _shapes(args.get("input_type_shape")), _shapes(args.get("output_type_shape"))))
-    return found, len(runs)
+    return found, runs
 
 
 def load_events(path: str | Path) -> list[dict[str, Any]]:
@@ -149,10 +148,9 @@ def aggregate(events: Sequence[Mapping[str, Any]], warmup: int, weights: Mapping
               peak_flop_per_s: float | None = None) -> Profile:
     """Per-node and per-operator-type means over the runs after the first ``warmup`` (slowest first)."""
     found, runs = node_events(events)
-    kept_runs = runs - warmup
+    kept_runs = len(runs) - warmup
     if kept_runs < 1:
-        raise ValueError(f"the profile holds {runs} runs, none left after a warmup of {warmup}")
-    run_us = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+        raise ValueError(f"the profile holds {len(runs)} runs, none left after a warmup of {warmup}")
     per_node: dict[str, list[NodeEvent]] = defaultdict(list)
     for event in found:
         if event.run >= warmup:
@@ -175,5 +173,5 @@ def aggregate(events: Sequence[Mapping[str, Any]], warmup: int, weights: Mapping
         row.share_of_peak = row.flop_per_s / peak_flop_per_s if peak_flop_per_s and row.flops else None
     rows.sort(key=lambda r: -r.ms)
     ops.sort(key=lambda r: -r.ms)
-    run_ms = sum(d for _, d in run_us[warmup:]) / kept_runs / 1e3
+    run_ms = sum(duration for _, duration in runs[warmup:]) / kept_runs / 1e3
     return Profile(kept_runs, warmup, total_us / 1e3, run_ms, ops, rows, sum(r.flops for r in rows), peak_flop_per_s)

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.command_line import repo_relative
+from benchmarks.hardware import load_average
 from benchmarks.markdown import table
 from benchmarks.precision_variants import MAX_PQ_DROP, VARIANTS
 from export.onnx.verify.images import list_images
@@ -224,21 +224,15 @@ def markdown(report: dict[str, Any]) -> str:
                          if scored else "") + ".", "", *table(header, rows)])
 
 
-def _method_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CALIBRATION_METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown calibration method(s) {unknown or text!r}; choose from "
-                                         f"{', '.join(CALIBRATION_METHODS)}")
-    return list(dict.fromkeys(names))
-
-
-def _variant_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown or text!r}; choose from {', '.join(VARIANTS)}")
-    return list(dict.fromkeys(names))
+def _comma_choices(known: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of ``known`` names, each once, in the given order."""
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown or text!r}; choose from {', '.join(known)}")
+        return list(dict.fromkeys(names))
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,9 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "its panoptic ground truth measure)")
     p.add_argument("--max-images", type=positive_int, default=8,
                    help="with --model: calibrate on the first N train images (default: 8, as the demo does)")
-    p.add_argument("--variants", type=_variant_list, default=list(VARIANTS),
+    p.add_argument("--variants", type=_comma_choices(list(VARIANTS), "variant(s)"), default=list(VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
-    p.add_argument("--calibration-methods", type=_method_list, default=[DEFAULT_METHOD],
+    p.add_argument("--calibration-methods", type=_comma_choices(list(CALIBRATION_METHODS), "calibration method(s)"),
+                   default=[DEFAULT_METHOD],
                    help="comma-separated: make and measure every INT8 variant once per calibration method, from "
                         f"{', '.join(CALIBRATION_METHODS)} (default: {DEFAULT_METHOD}; others are named "
                         "int8-cpu-<method>)")
@@ -273,9 +268,9 @@ def run(args: argparse.Namespace) -> int:
             else trained_workload(args.model, args.coco_path, args.max_images, args.variant_flags))
     models = make_variants(work, args.variants, out, args.threads, args.calibration_methods)
     flags = cpu_flags()
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     rows = measure(work, models, args.threads, args.repeats)
-    load_after = [round(x, 2) for x in os.getloadavg()]
+    load_after = load_average()
     report = {"cpu": cpu_model(), "flags": {f: f in flags for f in ("avx2", "avx512_vnni", "avx512_bf16")},
               "threads": args.threads, "load_average_before_after": [load_before, load_after],
               "model": repo_relative(str(work.fp32)),

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from runtime.backends import Backend
 from runtime.backends.base import TensorSpec
-from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_OUTPUTS, PRED_BOXES, PRED_LOGITS
+from runtime.contract import DETECTOR_OUTPUTS, MASK_GRAPH_OUTPUTS
 from runtime.contract import IMAGES as IMAGES_INPUT
 from runtime.contract import PADDING_MASK as MASK_INPUT
 from runtime.cpuinfo import cpu_model
@@ -60,7 +60,7 @@ from runtime.model import EngineShape, PanopticModel, load_model
 from runtime.model_info import ModelInfo
 from runtime.postprocess import softmax
 from runtime.preprocess import target_size
-from runtime.sparse import QuerySelector, kept_pairs, mask_graph_feeds
+from runtime.sparse import QuerySelector, kept_mask_feeds
 from runtime.trt_sidecar import check_shapes_in_profile, format_shape
 
 PERCENTILE_METHOD = "linear"  # numpy.percentile's default; documented in the JSON and above
@@ -554,9 +554,7 @@ def run_benchmark(model: PanopticModel, options: BenchOptions, clock: Callable[[
         detector_outputs = list(DETECTOR_OUTPUTS)
         rows.append(BenchRow("detector", "the detector graph alone", [str(detector.path)], False, _tensor_shapes(feeds),
                              *timed(lambda: detector.infer(feeds, detector_outputs)), shape.batch))
-        det = detector.infer(feeds, detector_outputs)  # untimed: the mask graph's real inputs
-        keep = [select(logits, boxes)[0] for logits, boxes in zip(det[PRED_LOGITS], det[PRED_BOXES], strict=True)]
-        mask_feeds = mask_graph_feeds(det, *kept_pairs(keep))
+        mask_feeds = kept_mask_feeds(detector.infer(feeds, detector_outputs), select)  # untimed: real inputs
         rows.append(BenchRow("masks", f"the mask graph alone, on the detector's outputs for {kept} kept queries per "
                              "image", [str(masks.path)], False, _tensor_shapes(mask_feeds),
                              *timed(lambda: masks.infer(mask_feeds, list(MASK_GRAPH_OUTPUTS))), shape.batch))

@@ -81,6 +81,13 @@ def mask_graph_feeds(detector_outputs: Mapping[str, Any], image_index: np.ndarra
     return feeds
 
 
+def kept_mask_feeds(detector_outputs: Mapping[str, np.ndarray], select: QuerySelector) -> dict[str, np.ndarray]:
+    """The mask graph's real inputs: the detector's outputs, each image keeping the queries ``select`` picks."""
+    keep = [select(logits, boxes)[0] for logits, boxes in
+            zip(detector_outputs[PRED_LOGITS], detector_outputs[PRED_BOXES], strict=True)]
+    return mask_graph_feeds(detector_outputs, *kept_pairs(keep))
+
+
 def run_query_sparse(run_detector: RunGraph, run_masks: RunGraph, feeds: Mapping[str, np.ndarray],
                      threshold: float, is_thing: Mapping[int, bool] | None = None,
                      nms_iou: float | None = None, select: QuerySelector | None = None) -> ModelOutputs:

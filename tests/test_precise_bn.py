@@ -71,7 +71,7 @@ def test_training_with_precise_bn_saves_the_recomputed_statistics(tiny_dataset, 
 
     from train.args import build_parser
     from train.distributed import DistInfo
-    from train.main import build_loaders, build_training, forward_images, statistics_batches
+    from train.main import build_loaders, build_training, forward_images, statistics_batches, statistics_loader
 
     flags = ["--epochs", "1", "--max_iters", "2", "--scratch_backbone", "--precise_bn", "2", "--batch_size", "2"]
     saved = run_train(tiny_dataset, tmp_path / "run", *flags)
@@ -86,8 +86,8 @@ def test_training_with_precise_bn_saves_the_recomputed_statistics(tiny_dataset, 
         if isinstance(bn, nn.BatchNorm2d):
             bn.running_mean.zero_()
     train_loader, _, _ = build_loaders(args, DistInfo())
-    recompute_batchnorm_statistics(training.model_without_ddp, statistics_batches(train_loader, args),
-                                   lambda m, b: forward_images(m, b, "cpu", False))
+    batches = statistics_batches(statistics_loader(train_loader, args), args)
+    recompute_batchnorm_statistics(training.model_without_ddp, batches, lambda m, b: forward_images(m, b, "cpu", False))
     torch.testing.assert_close(training.model_without_ddp.state_dict()[key], saved["model"][key])
 
 

@@ -223,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     train_loader, val_loader, sampler = build_loaders(args, info)
+    statistics = statistics_loader(train_loader, args) if args.precise_bn else None
 
     start_epoch = args.start_epoch
     evaluated_epoch = start_epoch - 1  # what --eval reports: the resumed checkpoint's epoch when it has one
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_now = args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last)
         if args.precise_bn and (last or evaluate_now):
             forward = partial(forward_images, device=device, channels_last=args.channels_last)
-            recompute_batchnorm_statistics(model_without_ddp, statistics_batches(train_loader, args), forward,
+            recompute_batchnorm_statistics(model_without_ddp, statistics_batches(statistics, args), forward,
                                            show_progress=args.progress and info.is_main)
         log: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                                "lr": optimizer.param_groups[0]["lr"]}
@@ -296,14 +297,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def statistics_batches(train_loader: DataLoader, args: argparse.Namespace) -> Iterator[Any]:
-    """``--precise_bn`` training batches at the evaluation scale, one orientation per batch (no padding, as inference
-    sees images), with their own seed: the same batches on every rank and in every run, and the training's random
-    state untouched."""
+def statistics_loader(train_loader: DataLoader, args: argparse.Namespace) -> DataLoader:
+    """``--precise_bn``'s training images at the evaluation scale, one orientation per batch (no padding, as
+    inference sees images); built once, since grouping reads every image's size."""
     dataset = train_loader.dataset
     dataset = dataset.dataset if isinstance(dataset, BatchScaled) else dataset
     sampler = GroupedBatchSampler(image_sizes(dataset), args.batch_size, [args.image_size], seed=args.seed)
-    loader = DataLoader(BatchScaled(dataset), batch_sampler=sampler, collate_fn=collate_fn)
+    return DataLoader(BatchScaled(dataset), batch_sampler=sampler, collate_fn=collate_fn)
+
+
+def statistics_batches(loader: DataLoader, args: argparse.Namespace) -> Iterator[Any]:
+    """The first ``--precise_bn`` batches of ``loader`` under their own seed: the same batches on every rank and in
+    every run, and the training's random state untouched."""
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         random.seed(args.seed)

@@ -9,9 +9,8 @@ training gave 1.52 with its running statistics and 1.36 after recomputing them o
 the same recipe with detr's mixed batches; the demo's PQ rose from 40.4 / things 5.6 (8 + 3 epochs) to 45.7 / 11.6
 (8 + 4 epochs; 45.9 / 12.0 after 3). That is not the 55.1 / 27.2 of mixed batches (8 + 4): the grouped detector's
 thing queries stay less confident (37 above detr's 0.85 threshold on 100 val images, against 128), for a reason not
-found yet. Only for grouped batches: detr's padded,
-mixed-scale batches normalize with statistics their running averages already match (recomputing them unpadded at
-one scale made that model worse, 1.58).
+found yet. Only for grouped batches: detr's padded, mixed-scale batches normalize with statistics their running
+averages already match (recomputing them unpadded at one scale made that model worse, 1.58).
 """
 
 from __future__ import annotations
